@@ -1,0 +1,51 @@
+"""xsoftmax: softmax cross-entropy and affine/ReLU kernels for every Array API backend.
+
+>>> import numpy as np, xsoftmax as xs
+>>> loss, dscores = xs.softmax_loss(np.log(np.array([[0.2, 0.3, 0.5]])), np.array([1]))
+>>> np.round(dscores, 6).tolist()
+[[0.2, -0.7, 0.5]]
+"""
+
+from __future__ import annotations
+
+from . import gradcheck
+from ._backend import (
+    asarray,
+    available_backends,
+    get_backend,
+    set_backend,
+    to_numpy,
+    use_backend,
+)
+from ._layers import (
+    affine_backward,
+    affine_forward,
+    affine_relu_backward,
+    affine_relu_forward,
+    relu_backward,
+    relu_forward,
+)
+from ._softmax import log_softmax, logsumexp, softmax, softmax_loss
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "__version__",
+    "affine_backward",
+    "affine_forward",
+    "affine_relu_backward",
+    "affine_relu_forward",
+    "asarray",
+    "available_backends",
+    "get_backend",
+    "gradcheck",
+    "log_softmax",
+    "logsumexp",
+    "relu_backward",
+    "relu_forward",
+    "set_backend",
+    "softmax",
+    "softmax_loss",
+    "to_numpy",
+    "use_backend",
+]

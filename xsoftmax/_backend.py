@@ -1,0 +1,252 @@
+"""Backends: namespace inference, the registry of known backends, the default.
+
+Compute functions never consult the default backend: they follow their
+inputs (``array_namespace``). The default backend only decides where *new*
+arrays are created (:func:`asarray`, networks, data sets). It lives in a
+:class:`contextvars.ContextVar`, so each thread and each asyncio task sees its
+own value.
+
+No optional backend is imported here at module import time; each one is
+imported only when the user asks for it by name or hands us one of its arrays.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import importlib
+from collections.abc import Iterator
+from typing import Any
+
+import array_api_compat as compat
+import numpy as np
+
+from ._typing import Array, ArrayNamespace
+
+__all__ = [
+    "BACKENDS",
+    "array_namespace",
+    "asarray",
+    "available_backends",
+    "backend_name",
+    "get_backend",
+    "get_namespace",
+    "is_lazy",
+    "set_backend",
+    "to_numpy",
+    "use_backend",
+]
+
+#: Every backend xsoftmax knows, in the order they are reported.
+BACKENDS: tuple[str, ...] = ("numpy", "cupy", "torch", "jax", "dask", "array_api_strict")
+
+_default: contextvars.ContextVar[str] = contextvars.ContextVar("xsoftmax_backend", default="numpy")
+
+
+def backend_name(xp: ArrayNamespace) -> str:
+    """The xsoftmax name ("numpy", "cupy", ...) of an array namespace."""
+    checks = (
+        ("numpy", compat.is_numpy_namespace),
+        ("cupy", compat.is_cupy_namespace),
+        ("torch", compat.is_torch_namespace),
+        ("jax", compat.is_jax_namespace),
+        ("dask", compat.is_dask_namespace),
+        ("array_api_strict", compat.is_array_api_strict_namespace),
+    )
+    for name, check in checks:
+        if check(xp):
+            return name
+    return getattr(xp, "__name__", repr(xp))
+
+
+def _describe(obj: Any) -> str:
+    kind = type(obj)
+    return f"{kind.__module__}.{kind.__qualname__}"
+
+
+def array_namespace(*arrays: Any, names: tuple[str, ...] | None = None) -> ArrayNamespace:
+    """The one Array API namespace shared by ``arrays`` (``None`` entries skipped).
+
+    Raises ``TypeError`` naming the offending argument when an input is not an
+    array, and naming both namespaces when inputs come from two libraries.
+    ``names`` gives the argument names used in those messages.
+    """
+    if names is None:
+        names = tuple(f"argument {i}" for i in range(len(arrays)))
+    first_xp: ArrayNamespace | None = None
+    first_name = ""
+    for name, arr in zip(names, arrays):
+        if arr is None:
+            continue
+        if not compat.is_array_api_obj(arr):
+            raise TypeError(
+                f"{name} must be an array (NumPy, CuPy, torch, JAX, Dask or "
+                f"array-api-strict), got {_describe(arr)}; convert it with xsoftmax.asarray"
+            )
+        xp = compat.array_namespace(arr)
+        if first_xp is None:
+            first_xp, first_name = xp, name
+        elif backend_name(xp) != backend_name(first_xp):
+            raise TypeError(
+                f"inputs come from two array namespaces: {first_name} is a "
+                f"{backend_name(first_xp)} array but {name} is a {backend_name(xp)} array; "
+                f"move one of them with xsoftmax.asarray(..., backend=...)"
+            )
+    if first_xp is None:
+        raise TypeError("expected at least one array argument")
+    return first_xp
+
+
+def is_lazy(x: Array) -> bool:
+    """True when ``x``'s values cannot be read without a compute (Dask, JAX tracers)."""
+    return bool(compat.is_lazy_array(x))
+
+
+def _import_backend(name: str) -> ArrayNamespace:
+    """Import backend ``name`` and return its Array API namespace."""
+    if name == "numpy":
+        import array_api_compat.numpy as xp
+    elif name == "cupy":
+        import array_api_compat.cupy as xp
+    elif name == "torch":
+        import array_api_compat.torch as xp
+    elif name == "jax":
+        import jax.numpy as xp
+    elif name == "dask":
+        import array_api_compat.dask.array as xp
+    elif name == "array_api_strict":
+        import array_api_strict as xp
+    else:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {name!r}")
+    return xp
+
+
+def _check_name(name: object) -> str:
+    if not isinstance(name, str) or name not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {name!r}")
+    return name
+
+
+def get_namespace(name: str | None = None) -> ArrayNamespace:
+    """The Array API namespace of backend ``name`` (default: the current backend)."""
+    name = _check_name(get_backend() if name is None else name)
+    try:
+        return _import_backend(name)
+    except ImportError as exc:
+        raise ValueError(
+            f"backend {name!r} is not available: {exc}; see xsoftmax.available_backends()"
+        ) from exc
+
+
+def _probe(name: str) -> str:
+    """ "ok" if backend ``name`` works here, else the reason it does not."""
+    module = {"array_api_strict": "array_api_strict"}.get(name, name)
+    try:
+        importlib.import_module(module)
+        _import_backend(name)
+    except ImportError as exc:
+        return f"not installed ({exc})"
+    except Exception as exc:  # a broken install is reported, not raised
+        return f"import failed: {type(exc).__name__}: {exc}"
+    if name == "cupy":
+        import cupy
+
+        try:
+            count = cupy.cuda.runtime.getDeviceCount()
+        except Exception as exc:  # CUDARuntimeError, driver missing, ...
+            return f"no CUDA device: {exc}"
+        if count < 1:
+            return "no CUDA device: cudaGetDeviceCount returned 0"
+    return "ok"
+
+
+def available_backends() -> dict[str, str]:
+    """Every known backend mapped to "ok" or the reason it cannot be used here.
+
+    Importing a backend to probe it is the point of this call, so unlike
+    ``import xsoftmax`` it may import the optional libraries.
+    """
+    return {name: _probe(name) for name in BACKENDS}
+
+
+def get_backend() -> str:
+    """The current default backend's name (context-local)."""
+    return _default.get()
+
+
+def set_backend(name: str) -> None:
+    """Set the default backend for new arrays in the current context."""
+    get_namespace(_check_name(name))
+    _default.set(name)
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[ArrayNamespace]:
+    """Temporarily make ``name`` the default backend; yields its namespace."""
+    xp = get_namespace(_check_name(name))
+    token = _default.set(name)
+    try:
+        yield xp
+    finally:
+        _default.reset(token)
+
+
+def _resolve_dtype(xp: ArrayNamespace, dtype: Any) -> Any:
+    if dtype is None or not isinstance(dtype, str):
+        return dtype
+    try:
+        return getattr(xp, dtype)
+    except AttributeError:
+        raise ValueError(
+            f"dtype {dtype!r} is not a dtype of backend {backend_name(xp)!r}"
+        ) from None
+
+
+def to_numpy(x: Any) -> np.ndarray:
+    """Copy ``x`` (any backend, any device) into a host NumPy array.
+
+    Dask arrays are computed; bfloat16 is widened to float32, which NumPy
+    lacks.
+    """
+    if isinstance(x, np.ndarray):
+        return x
+    if not compat.is_array_api_obj(x):
+        return np.asarray(x)
+    if compat.is_dask_array(x):
+        return to_numpy(x.compute())
+    if compat.is_cupy_array(x):
+        return x.get()
+    if compat.is_torch_array(x):
+        import torch
+
+        t = x.detach()
+        if t.dtype == torch.bfloat16:
+            t = t.float()
+        return t.cpu().numpy()
+    try:
+        return np.asarray(x)
+    except (TypeError, ValueError, RuntimeError):
+        # array-api-strict deliberately has no __array__; DLPack is its exit.
+        return np.from_dlpack(x)
+
+
+def asarray(obj: Any, *, backend: str | None = None, dtype: Any = None) -> Array:
+    """``obj`` as an array of ``backend`` (default: the current backend).
+
+    Host data (lists, NumPy arrays) are copied onto the backend's default
+    device; arrays from another backend go through host memory. ``dtype`` may
+    be a dtype object of the target backend or its name ("float32").
+    """
+    xp = get_namespace(backend)
+    dtype = _resolve_dtype(xp, dtype)
+    if compat.is_array_api_obj(obj) and backend_name(compat.array_namespace(obj)) == backend_name(xp):
+        return xp.asarray(obj, dtype=dtype) if dtype is not None else obj
+    if compat.is_array_api_obj(obj):
+        obj = to_numpy(obj)
+    if backend_name(xp) == "dask":
+        import dask.array as da
+
+        return da.from_array(np.asarray(obj, dtype=None), chunks="auto").astype(
+            dtype if dtype is not None else np.asarray(obj).dtype
+        )
+    return xp.asarray(obj, dtype=dtype)

@@ -1,0 +1,186 @@
+"""Input checks shared by every public entry point and every engine.
+
+Each check raises ``ValueError`` (wrong shape, out-of-range value, bad option)
+or ``TypeError`` (wrong kind of object or dtype) with a message that names
+the argument, what it got and what was expected. Checks read only metadata
+(shape, dtype, namespace), except :func:`check_labels`, which must look at
+the label values: it does so eagerly where the values are at hand, lazily
+(at compute time) on Dask, and reports what it cannot check under a JAX
+trace so the engine can poison the affected rows.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+from ._backend import array_namespace, backend_name, is_lazy
+from ._typing import Array, ArrayNamespace
+
+__all__ = [
+    "LossInputs",
+    "check_floating",
+    "check_labels",
+    "check_loss_inputs",
+    "check_out",
+    "check_same_device",
+    "label_error",
+]
+
+REDUCTIONS = ("mean", "sum", "none")
+ENGINES = ("auto", "reference", "fused")
+
+
+def _shape(x: Array) -> tuple[Any, ...]:
+    return tuple(x.shape)
+
+
+def check_floating(xp: ArrayNamespace, x: Array, name: str) -> None:
+    """``x`` must have a real floating dtype."""
+    if not xp.isdtype(x.dtype, "real floating"):
+        raise TypeError(f"{name} must have a real floating dtype, got {x.dtype}")
+
+
+def check_same_device(xp: ArrayNamespace, names: tuple[str, ...], *arrays: Array) -> None:
+    """All non-``None`` arrays must live on one device."""
+    import array_api_compat as compat
+
+    first = None
+    for name, arr in zip(names, arrays):
+        if arr is None or is_lazy(arr):
+            continue
+        dev = compat.device(arr)
+        if first is None:
+            first = (name, dev)
+        elif dev != first[1]:
+            raise ValueError(
+                f"inputs live on two devices: {first[0]} is on {first[1]} but {name} is on {dev}"
+            )
+
+
+class LossInputs(NamedTuple):
+    """Validated arguments of ``softmax_loss`` (see :func:`check_loss_inputs`)."""
+
+    xp: ArrayNamespace
+    scores: Array
+    y: Array
+    weight: Array | None
+    ignore_index: int | None
+    label_smoothing: float
+    reduction: str
+    #: True when the labels could not be range-checked (traced JAX arrays):
+    #: engines must then turn rows with bad labels into NaN.
+    labels_unchecked: bool
+
+
+def label_error(row: int, value: int, num_classes: int, ignore_index: int | None) -> ValueError:
+    """The one message for an out-of-range label, shared by all engines."""
+    allowed = f"[0, {num_classes})"
+    if ignore_index is not None:
+        allowed += f" or ignore_index={ignore_index}"
+    return ValueError(f"y[{row}] = {value} is out of range: labels must be in {allowed}")
+
+
+def check_labels(
+    xp: ArrayNamespace, y: Array, num_classes: int, ignore_index: int | None
+) -> tuple[Array, bool]:
+    """Range-check labels; returns ``(y, unchecked)``.
+
+    * eager arrays: checked now (one reduction and, only on failure, a lookup
+      of the first bad row);
+    * Dask arrays: a ``map_blocks`` check is threaded into the graph, so the
+      ``ValueError`` is raised when the result is computed;
+    * JAX tracers: the values do not exist yet; ``unchecked`` is True and the
+      engine marks rows with bad labels as NaN.
+    """
+    if backend_name(xp) == "dask":
+        return _dask_checked_labels(y, num_classes, ignore_index), False
+    if is_lazy(y):
+        return y, True
+    bad = (y < 0) | (y >= num_classes)
+    if ignore_index is not None:
+        bad = bad & (y != ignore_index)
+    if bool(xp.any(bad)):
+        row = int(xp.argmax(xp.astype(bad, xp.int8)))
+        raise label_error(row, int(y[row]), num_classes, ignore_index)
+    return y, False
+
+
+def _dask_checked_labels(y: Array, num_classes: int, ignore_index: int | None) -> Array:
+    import numpy as np
+
+    def check_block(block: Any, block_info: Any = None) -> Any:
+        bad = (block < 0) | (block >= num_classes)
+        if ignore_index is not None:
+            bad &= block != ignore_index
+        if bool(bad.any()):
+            local = int(np.argmax(bad.get() if hasattr(bad, "get") else bad))
+            offset = block_info[0]["array-location"][0][0] if block_info else 0
+            raise label_error(offset + local, int(block[local]), num_classes, ignore_index)
+        return block
+
+    return y.map_blocks(check_block, dtype=y.dtype)
+
+
+def check_loss_inputs(
+    scores: Any,
+    y: Any,
+    *,
+    reduction: Any,
+    weight: Any,
+    ignore_index: Any,
+    label_smoothing: Any,
+    engine: Any,
+) -> LossInputs:
+    """Validate every argument of ``softmax_loss``; see DESIGN.md "Bad input"."""
+    xp = array_namespace(scores, y, weight, names=("scores", "y", "weight"))
+    check_same_device(xp, ("scores", "y", "weight"), scores, y, weight)
+    if not isinstance(reduction, str) or reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    if not isinstance(engine, str) or engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+    if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, (int, float)):
+        raise TypeError(f"label_smoothing must be a float in [0, 1], got {label_smoothing!r}")
+    label_smoothing = float(label_smoothing)
+    if not (0.0 <= label_smoothing <= 1.0) or math.isnan(label_smoothing):
+        raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing!r}")
+    if ignore_index is not None and (
+        isinstance(ignore_index, bool) or not isinstance(ignore_index, int)
+    ):
+        raise TypeError(f"ignore_index must be an int or None, got {ignore_index!r}")
+
+    if scores.ndim != 2:
+        raise ValueError(f"scores must be 2-D with shape (N, C), got shape {_shape(scores)}")
+    check_floating(xp, scores, "scores")
+    n, c = scores.shape
+    if c is not None and c < 1:
+        raise ValueError(f"scores must have at least one class (C >= 1), got shape {_shape(scores)}")
+    if y.ndim != 1:
+        raise ValueError(f"y must be 1-D with shape (N,) = ({n},), got shape {_shape(y)}")
+    if xp.isdtype(y.dtype, "bool") or not xp.isdtype(y.dtype, "integral"):
+        raise TypeError(f"y must have an integer dtype, got {y.dtype}")
+    if n is not None and y.shape[0] is not None and y.shape[0] != n:
+        raise ValueError(
+            f"y must have one label per row of scores: scores has N = {n} rows, "
+            f"y has shape {_shape(y)}"
+        )
+    if weight is not None:
+        if weight.ndim != 1 or (c is not None and weight.shape[0] != c):
+            raise ValueError(f"weight must have shape (C,) = ({c},), got shape {_shape(weight)}")
+        check_floating(xp, weight, "weight")
+    y, unchecked = check_labels(xp, y, c, ignore_index)
+    return LossInputs(xp, scores, y, weight, ignore_index, label_smoothing, reduction, unchecked)
+
+
+def check_out(xp: ArrayNamespace, out: Any, scores: Array) -> None:
+    """``out`` must be a writable array like ``scores`` (same namespace, shape, dtype)."""
+    array_namespace(scores, out, names=("scores", "out"))
+    if _shape(out) != _shape(scores):
+        raise ValueError(f"out must have the shape of scores {_shape(scores)}, got {_shape(out)}")
+    if out.dtype != scores.dtype:
+        raise TypeError(f"out must have the dtype of scores ({scores.dtype}), got {out.dtype}")
+    if backend_name(xp) in ("jax", "array_api_strict", "dask"):
+        raise TypeError(f"out= needs a mutable array; {backend_name(xp)} arrays are not writable in place")
+    flags = getattr(out, "flags", None)
+    if flags is not None and not getattr(flags, "writeable", True):
+        raise ValueError("out is read-only; pass a writable array")
