@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-from . import gradcheck
+from . import datasets, gradcheck, nets, train
 from ._backend import (
     asarray,
     available_backends,
@@ -37,15 +37,18 @@ __all__ = [
     "affine_relu_forward",
     "asarray",
     "available_backends",
+    "datasets",
     "get_backend",
     "gradcheck",
     "log_softmax",
     "logsumexp",
+    "nets",
     "relu_backward",
     "relu_forward",
     "set_backend",
     "softmax",
     "softmax_loss",
     "to_numpy",
+    "train",
     "use_backend",
 ]

@@ -98,7 +98,16 @@ def array_namespace(*arrays: Any, names: tuple[str, ...] | None = None) -> Array
 
 
 def is_lazy(x: Array) -> bool:
-    """True when ``x``'s values cannot be read without a compute (Dask, JAX tracers)."""
+    """True when ``x``'s values cannot be read without a compute (Dask, JAX tracers).
+
+    array-api-compat calls every JAX array lazy; a concrete (non-traced) JAX
+    array can be read, so only tracers count here, which lets eager JAX
+    calls raise on a bad label like every other backend.
+    """
+    if compat.is_jax_array(x):
+        import jax
+
+        return isinstance(x, jax.core.Tracer)
     return bool(compat.is_lazy_array(x))
 
 
@@ -197,6 +206,13 @@ def _resolve_dtype(xp: ArrayNamespace, dtype: Any) -> Any:
     try:
         return getattr(xp, dtype)
     except AttributeError:
+        if backend_name(xp) == "dask":
+            # Dask arrays hold any NumPy dtype, but the Array API namespace
+            # only names the standard's (no float16).
+            try:
+                return np.dtype(dtype)
+            except TypeError:
+                pass
         raise ValueError(
             f"dtype {dtype!r} is not a dtype of backend {backend_name(xp)!r}"
         ) from None
@@ -249,4 +265,6 @@ def asarray(obj: Any, *, backend: str | None = None, dtype: Any = None) -> Array
         return da.from_array(np.asarray(obj, dtype=None), chunks="auto").astype(
             dtype if dtype is not None else np.asarray(obj).dtype
         )
-    return xp.asarray(obj, dtype=dtype)
+    # copy=True: torch.asarray would otherwise share the host buffer, so that
+    # writing to the new array would modify the caller's NumPy array.
+    return xp.asarray(obj, dtype=dtype, copy=True)

@@ -70,7 +70,9 @@ def affine_forward(x: Array, w: Array, b: Array) -> tuple[Array, tuple[Array, Ar
         )
     if b.ndim != 1 or b.shape[0] != w.shape[1]:
         raise ValueError(f"b must have shape (M,) = ({w.shape[1]},), got shape {tuple(b.shape)}")
-    out = xp.reshape(x, (x.shape[0], d)) @ w + b
+    # xp.matmul, not @: torch's operator refuses float32 @ float64 where
+    # the standard (and array-api-compat's torch.matmul) promotes.
+    out = xp.matmul(xp.reshape(x, (x.shape[0], d)), w) + b
     return out, (x, w, b)
 
 
@@ -88,8 +90,8 @@ def affine_backward(dout: Array, cache: tuple[Array, Array, Array]) -> tuple[Arr
     xp = array_namespace(x, w, b, dout, names=("x", "w", "b", "dout"))
     _check_dout(dout, (x.shape[0], w.shape[1]), xp)
     x2 = xp.reshape(x, (x.shape[0], w.shape[0]))
-    dx = xp.reshape(dout @ xp.matrix_transpose(w), x.shape)
-    dw = xp.matrix_transpose(x2) @ dout
+    dx = xp.reshape(xp.matmul(dout, xp.matrix_transpose(w)), x.shape)
+    dw = xp.matmul(xp.matrix_transpose(x2), dout)
     db = xp.sum(dout, axis=0)
     return dx, dw, db
 

@@ -72,7 +72,7 @@ def row_coefficients(
 ) -> RowCoefficients:
     """The coefficients α, β, D, a, b, c of the module docstring, in ``dtype``."""
     if ignore_index is None:
-        valid = xp.ones(y.shape, dtype=xp.bool, device=_device(y))
+        valid = xp.ones_like(y, dtype=xp.bool)  # ones_like: y may have unknown length (Dask)
     else:
         valid = y != ignore_index
     vf = xp.astype(valid, dtype)
@@ -89,8 +89,13 @@ def row_coefficients(
     beta = vf * (eps / num_classes) if eps else None
     if reduction == "mean":
         denom = xp.sum(wy)
-        # v_i = 0 rows get exactly 0, not 0/0, when every row is ignored.
-        scale = xp.where(valid, 1.0 / denom, xp.zeros_like(vf))
+        # D = 0 (every row ignored, or only zero-weight classes present):
+        # ignored rows get exactly 0 and the others NaN, as in PyTorch, from
+        # a safe division that raises no divide-by-zero warning.
+        nonzero = denom != 0
+        inv = 1.0 / xp.where(nonzero, denom, xp.ones_like(denom))
+        inv = xp.where(nonzero, inv, xp.full_like(inv, float("nan")))
+        scale = xp.where(valid, inv, xp.zeros_like(vf))
     else:
         denom = None
         scale = vf
@@ -118,10 +123,17 @@ def reduce_loss(xp: ArrayNamespace, coef: RowCoefficients, rows: Array, reductio
     if reduction == "none":
         return rows
     total = xp.sum(rows)
-    return total / coef.denom if reduction == "mean" else total
-
-
-def _device(x: Array):
-    import array_api_compat as compat
-
-    return compat.device(x)
+    if reduction == "sum":
+        return total
+    # total / D, with D = 0 giving what IEEE division gives (NaN for 0/0, as
+    # PyTorch reports an all-ignored batch; ±inf otherwise) but no
+    # divide-by-zero or invalid-value warning.
+    denom = coef.denom
+    nonzero = denom != 0
+    quotient = total / xp.where(nonzero, denom, xp.ones_like(denom))
+    by_zero = xp.where(
+        total > 0,
+        xp.full_like(total, float("inf")),
+        xp.where(total < 0, xp.full_like(total, -float("inf")), xp.full_like(total, float("nan"))),
+    )
+    return xp.where(nonzero, quotient, by_zero)

@@ -113,7 +113,9 @@ def one_hot(xp: ArrayNamespace, y: Array, num_classes: int) -> Array:
     Labels outside ``[0, C)`` (ignored rows) give an all-False row.
     """
     classes = xp.arange(num_classes, dtype=y.dtype, device=_device(y))
-    return xp.expand_dims(y, axis=1) == classes
+    # y[:, None] rather than expand_dims: it also works for Dask arrays of
+    # unknown length (after boolean filtering), where expand_dims reshapes.
+    return y[:, None] == classes
 
 
 def reference_softmax_loss(inp: LossInputs, *, out: Array | None = None) -> tuple[Array, Array]:
@@ -154,7 +156,7 @@ def reference_softmax_loss(inp: LossInputs, *, out: Array | None = None) -> tupl
     )
     rows = row_loss(xp, coef, l, t, u)
 
-    col = lambda v: xp.expand_dims(v, axis=1)  # noqa: E731
+    col = lambda v: v[:, None]  # noqa: E731
     d = col(coef.c) * (e / col(se)) - xp.where(hot, col(coef.a), zero)
     if coef.b is not None:
         d = d - col(coef.b) * (w if w is not None else _scalar(xp, 1.0, z))

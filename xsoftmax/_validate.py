@@ -12,6 +12,7 @@ trace so the engine can poison the affected rows.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any, NamedTuple
 
 from ._backend import array_namespace, backend_name, is_lazy
@@ -33,6 +34,27 @@ ENGINES = ("auto", "reference", "fused")
 
 def _shape(x: Array) -> tuple[Any, ...]:
     return tuple(x.shape)
+
+
+def _known(dim: Any) -> bool:
+    """False for a dimension a lazy backend does not know yet (None, or NaN on Dask)."""
+    return dim is not None and not (isinstance(dim, float) and math.isnan(dim))
+
+
+def _wide_labels(xp: ArrayNamespace, y: Array, num_classes: int, ignore_index: int | None) -> Array:
+    """``y`` in a dtype that holds every class index and ``ignore_index``.
+
+    Comparing int8/uint8 labels with 300 classes or ``ignore_index=-100`` wraps
+    around on PyTorch and JAX (and raises on array-api-strict), so narrow
+    labels are widened once here, for every engine.
+    """
+    info = xp.iinfo(y.dtype)
+    extremes = [num_classes - 1] + ([] if ignore_index is None else [ignore_index])
+    if all(info.min <= v <= info.max for v in extremes):
+        return y
+    i32 = xp.iinfo(xp.int32)
+    fits32 = all(i32.min <= v <= i32.max for v in extremes)
+    return xp.astype(y, xp.int32 if fits32 else xp.int64)
 
 
 def check_floating(xp: ArrayNamespace, x: Array, name: str) -> None:
@@ -90,8 +112,8 @@ def check_labels(
       of the first bad row);
     * Dask arrays: a ``map_blocks`` check is threaded into the graph, so the
       ``ValueError`` is raised when the result is computed;
-    * JAX tracers: the values do not exist yet; ``unchecked`` is True and the
-      engine marks rows with bad labels as NaN.
+    * JAX tracers (and any label under ``jax.jit``): the values do not exist
+      yet; ``unchecked`` is True and the engine marks rows with bad labels as NaN.
     """
     if backend_name(xp) == "dask":
         return _dask_checked_labels(y, num_classes, ignore_index), False
@@ -100,7 +122,12 @@ def check_labels(
     bad = (y < 0) | (y >= num_classes)
     if ignore_index is not None:
         bad = bad & (y != ignore_index)
-    if bool(xp.any(bad)):
+    any_bad = xp.any(bad)
+    if is_lazy(any_bad):
+        # Under jax.jit every operation is traced, even on labels closed over
+        # as concrete constants: their values are not readable here either.
+        return y, True
+    if bool(any_bad):
         row = int(xp.argmax(xp.astype(bad, xp.int8)))
         raise label_error(row, int(y[row]), num_classes, ignore_index)
     return y, False
@@ -139,35 +166,39 @@ def check_loss_inputs(
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
     if not isinstance(engine, str) or engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
-    if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, (int, float)):
+    # numbers.Real / Integral: NumPy scalars (np.float32(0.1), np.int64(-100)) are fine too.
+    if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, numbers.Real):
         raise TypeError(f"label_smoothing must be a float in [0, 1], got {label_smoothing!r}")
     label_smoothing = float(label_smoothing)
     if not (0.0 <= label_smoothing <= 1.0) or math.isnan(label_smoothing):
         raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing!r}")
     if ignore_index is not None and (
-        isinstance(ignore_index, bool) or not isinstance(ignore_index, int)
+        isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral)
     ):
         raise TypeError(f"ignore_index must be an int or None, got {ignore_index!r}")
+    if ignore_index is not None:
+        ignore_index = int(ignore_index)
 
     if scores.ndim != 2:
         raise ValueError(f"scores must be 2-D with shape (N, C), got shape {_shape(scores)}")
     check_floating(xp, scores, "scores")
     n, c = scores.shape
-    if c is not None and c < 1:
+    if _known(c) and c < 1:
         raise ValueError(f"scores must have at least one class (C >= 1), got shape {_shape(scores)}")
     if y.ndim != 1:
         raise ValueError(f"y must be 1-D with shape (N,) = ({n},), got shape {_shape(y)}")
     if xp.isdtype(y.dtype, "bool") or not xp.isdtype(y.dtype, "integral"):
         raise TypeError(f"y must have an integer dtype, got {y.dtype}")
-    if n is not None and y.shape[0] is not None and y.shape[0] != n:
+    if _known(n) and _known(y.shape[0]) and y.shape[0] != n:
         raise ValueError(
             f"y must have one label per row of scores: scores has N = {n} rows, "
             f"y has shape {_shape(y)}"
         )
     if weight is not None:
-        if weight.ndim != 1 or (c is not None and weight.shape[0] != c):
+        if weight.ndim != 1 or (_known(c) and _known(weight.shape[0]) and weight.shape[0] != c):
             raise ValueError(f"weight must have shape (C,) = ({c},), got shape {_shape(weight)}")
         check_floating(xp, weight, "weight")
+    y = _wide_labels(xp, y, c, ignore_index)
     y, unchecked = check_labels(xp, y, c, ignore_index)
     return LossInputs(xp, scores, y, weight, ignore_index, label_smoothing, reduction, unchecked)
 

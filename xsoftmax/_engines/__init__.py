@@ -27,7 +27,11 @@ from .._typing import ArrayNamespace
 __all__ = ["FUSED", "select_engine"]
 
 #: backend name -> module holding that backend's fused ``softmax_loss``.
-FUSED: dict[str, str] = {}
+FUSED: dict[str, str] = {
+    "cupy": "xsoftmax._engines.cupy",
+    "dask": "xsoftmax._engines.dask",
+    "numpy": "xsoftmax._engines.numpy",
+}
 
 EngineFn = Callable[..., Any]
 

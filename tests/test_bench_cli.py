@@ -1,0 +1,292 @@
+"""``xsoftmax bench`` and the measurement code it shares with ``bench/`` (tiny shapes)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import xsoftmax as xs
+from xsoftmax import _timing, bench
+from xsoftmax.check import engines_for, oracle_softmax_loss
+from xsoftmax.cli import main
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+ROW_SCHEMA = {
+    "backend": str,
+    "engine": str,
+    "kind": str,
+    "shape": str,
+    "dtype": str,
+    "device": str,
+    "median_ms": float,
+    "spread_ms": float,
+    "min_ms": float,
+    "repeat": int,
+    "gbps": float,
+    "floor_ms": float,
+    "floor_gbps": float,
+    "floor_ratio": float,
+    "max_abs_err": float,
+    "peak_bytes": (int, type(None)),
+}
+
+
+# --------------------------------------------------------------------------- _timing
+
+
+def test_timing_summary_median_and_iqr():
+    t = _timing.summarize([0.004, 0.001, 0.002, 0.003, 0.100])
+    assert t.median == 0.003
+    assert t.min == 0.001
+    assert t.spread == pytest.approx(0.002)  # IQR ignores the 0.1 s outlier
+    assert _timing.summarize([0.5]).spread == 0.0
+    with pytest.raises(ValueError, match="repeat"):
+        _timing.summarize([])
+
+
+def test_bandwidth_counts_read_and_write():
+    assert _timing.pass_bytes((1000, 250), 4) == 2 * 1000 * 250 * 4
+    assert _timing.bandwidth_gbps(2_000_000_000, 0.5) == 4.0
+
+
+def test_measure_calls_warmup_then_repeats():
+    calls = []
+    t = _timing.measure(lambda: calls.append(1), repeat=3, warmup=2)
+    assert len(calls) == 5 and len(t.times) == 3
+    with pytest.raises(ValueError, match="repeat"):
+        _timing.measure(lambda: None, repeat=0)
+    with pytest.raises(ValueError, match="device"):
+        _timing.measure(lambda: None, repeat=1, device="tpu")
+
+
+def test_cuda_timing_reads_cuda_events(monkeypatch):
+    """The CuPy path reports cupyx.profiler.benchmark's GPU (event) times, not its host times."""
+    seen = {}
+
+    def fake_benchmark(fn, *, n_repeat, n_warmup):
+        seen.update(fn=fn, n_repeat=n_repeat, n_warmup=n_warmup)
+        return types.SimpleNamespace(
+            gpu_times=np.array([[0.003, 0.001, 0.002]]), cpu_times=np.array([9.0, 9.0, 9.0])
+        )
+
+    profiler = types.ModuleType("cupyx.profiler")
+    profiler.benchmark = fake_benchmark
+    monkeypatch.setitem(sys.modules, "cupyx", types.ModuleType("cupyx"))
+    monkeypatch.setitem(sys.modules, "cupyx.profiler", profiler)
+
+    def work():
+        return None
+
+    t = _timing.measure(work, repeat=3, device="cuda", warmup=4)
+    assert seen == {"fn": work, "n_repeat": 3, "n_warmup": 4}
+    assert t.times == (0.003, 0.001, 0.002) and t.median == 0.002
+
+
+def test_cuda_pool_peak_counts_only_live_allocations():
+    peak = _timing._PoolPeak()
+    peak.malloc_postprocess(mem_ptr=1, mem_size=100, size=90, device_id=0, pmem_id=0)
+    peak.malloc_postprocess(mem_ptr=2, mem_size=50, size=50, device_id=0, pmem_id=0)
+    peak.free_postprocess(mem_ptr=1, mem_size=100, device_id=0, pmem_id=0)
+    peak.malloc_postprocess(mem_ptr=3, mem_size=10, size=10, device_id=0, pmem_id=0)
+    peak.free_postprocess(mem_ptr=99, mem_size=512, device_id=0, pmem_id=0)  # allocated before
+    assert peak.peak == 150 and peak.current == 60
+
+
+def test_host_peak_bytes_sees_numpy_buffers():
+    nbytes = 1 << 20
+    peak = _timing.peak_bytes(lambda: np.ones(nbytes, dtype=np.uint8))
+    assert nbytes <= peak < 2 * nbytes
+    assert _timing.peak_bytes(lambda: None, device="dask") is None
+
+
+def test_copy_floor_on_host():
+    t = _timing.copy_floor("cpu", (64, 32), "float32", repeat=3)
+    assert len(t.times) == 3 and t.median > 0
+    with pytest.raises(ValueError, match="copy="):
+        _timing.copy_floor("dask", (4, 4), "float32", repeat=1)
+
+
+# --------------------------------------------------------------------------- cases
+
+
+def test_naive_peer_matches_oracle():
+    scores, y = bench.host_inputs((16, 7), "float64", seed=3)
+    loss, d = bench.naive_softmax_loss(scores.copy(), y)
+    want_loss, want_d = oracle_softmax_loss(scores, y)
+    np.testing.assert_allclose(loss, want_loss, rtol=1e-12)
+    np.testing.assert_allclose(d, want_d, rtol=1e-10, atol=1e-14)
+
+
+def test_max_abs_err_sees_a_wrong_gradient():
+    case = bench.make_case("numpy", "reference", (40, 9), "float64")
+    loss, d = case.result()
+    assert bench.max_abs_err(case, (loss, d), block=50) < 1e-12  # several oracle blocks
+    d[17, 3] += 1e-3
+    assert bench.max_abs_err(case, (loss, d), block=50) == pytest.approx(1e-3)
+    assert bench.max_abs_err(case, (loss + 0.5, d - 0), block=50) >= 0.5
+
+
+@pytest.mark.parametrize("peer", list(bench.PEERS))
+def test_peers_compute_the_same_loss(peer):
+    pytest.importorskip(bench.PEERS[peer][0])
+    case = bench.make_peer(peer, (12, 5), "float32")
+    assert bench.max_abs_err(case, case.result()) < 1e-5
+
+
+def test_measure_case_row_is_consistent():
+    case = bench.make_case("numpy", "reference", (32, 16), "float32")
+    fl = bench.floor("cpu", (32, 16), "float32", repeat=3)
+    row = bench.measure_case(case, (32, 16), "float32", fl, repeat=3)
+    assert row.floor_ratio == pytest.approx(row.median_ms / row.floor_ms)
+    assert row.gbps == pytest.approx(2 * 32 * 16 * 4 / (row.median_ms * 1e-3) / 1e9)
+    assert row.max_abs_err < 1e-5
+    assert row.peak_bytes >= 32 * 16 * 4  # the gradient it returns, at least
+
+
+def test_plan_default_and_explicit_selection():
+    status = {b: "ok" for b in ("numpy", "torch", "jax", "dask", "array_api_strict")}
+    status["cupy"] = "no CUDA device: pretend"
+    pairs, peers, skipped = bench.plan(status)
+    backends = {b for b, _ in pairs}
+    assert "numpy" in backends and not backends & set(bench.NOT_BY_DEFAULT)
+    assert set(engines_for("numpy")) == {e for b, e in pairs if b == "numpy"}
+    assert "cupy: no CUDA device: pretend" in skipped
+    assert all(any(line.startswith(f"{b}: ") for line in skipped) for b in bench.NOT_BY_DEFAULT)
+    installed = [p for p in bench.PEERS if importlib.util.find_spec(bench.PEERS[p][0])]
+    assert peers == installed  # the default run brings every installed peer
+    pairs, peers, _ = bench.plan(status, backends=["dask"], engines=["reference"])
+    assert pairs == [("dask", "reference")] and peers == []  # explicit backends: peers only on request
+    assert bench.plan(status, backends=["numpy"], peers=["naive"])[1] == ["naive"]
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def _validate_report(report: dict) -> None:
+    assert set(report) >= {"machine", "rows", "floors", "skipped", "options", "seconds"}
+    machine = report["machine"]
+    assert machine["cpu"] and isinstance(machine["cpu_count"], int)
+    assert "gpu" in machine and machine["versions"]["numpy"] == np.__version__
+    assert report["rows"]
+    for row in report["rows"]:
+        assert set(row) == set(ROW_SCHEMA)
+        for key, kind in ROW_SCHEMA.items():
+            assert isinstance(row[key], kind), (key, row[key])
+        assert row["median_ms"] > 0 and row["floor_ms"] > 0 and row["gbps"] > 0
+
+
+def test_cli_writes_json_and_png(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    out_json, out_png = tmp_path / "bench.json", tmp_path / "bench.png"
+    rc = main([
+        "bench", "--backends", "numpy", "--shapes", "64x10,32x100", "--repeat", "2", "--peers", "naive",
+        "--json", str(out_json), "--plot", str(out_png),
+    ])
+    assert rc == 0
+    captured = capsys.readouterr()
+    report = json.loads(out_json.read_text())
+    _validate_report(report)
+    got = {(r["backend"], r["engine"], r["shape"]) for r in report["rows"]}
+    want = {("numpy", e, s) for e in engines_for("numpy") for s in ("64x10", "32x100")}
+    want |= {("numpy", bench.PEERS["naive"][1], s) for s in ("64x10", "32x100")}
+    assert got == want
+    for row in report["rows"]:
+        assert row["max_abs_err"] < 1e-5
+    assert {(f["device"], f["shape"]) for f in report["floors"]} == {("cpu", "64x10"), ("cpu", "32x100")}
+    assert out_png.read_bytes()[:8] == PNG_MAGIC
+    # progress on stderr, the table on stdout
+    assert "[1/" in captured.err and "x floor" in captured.out
+    assert "median ms" in captured.out.splitlines()[0]
+
+
+def test_cli_reports_skipped_backends(tmp_path, capsys, monkeypatch):
+    status = dict(xs.available_backends(), torch="not installed (pretend)")
+    monkeypatch.setattr(xs, "available_backends", lambda: status)
+    out_json = tmp_path / "b.json"
+    rc = main(["bench", "--backends", "numpy,torch", "--engines", "reference", "--shapes", "8x4",
+               "--repeat", "1", "--json", str(out_json)])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "skipped torch: not installed (pretend)" in out
+    report = json.loads(out_json.read_text())
+    assert [r["engine"] for r in report["rows"]] == ["reference"]
+    assert "torch: not installed (pretend)" in report["skipped"]
+
+
+def test_cli_rejects_bad_options(capsys, monkeypatch):
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", "--shapes", "64by10"])
+    assert exc.value.code == 2
+    for bad in (["--backends", "numpy,tensorflow"], ["--peers", "mxnet"], ["--dtype", "int8"]):
+        with pytest.raises(SystemExit):
+            main(["bench", *bad])
+    assert "choose from torch, jax, naive" in capsys.readouterr().err
+    assert main(["bench", "--repeat", "0"]) == 2
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    assert main(["bench", "--plot", "x.png"]) == 2
+    assert "pip install 'xsoftmax[plot]'" in capsys.readouterr().err
+
+
+@pytest.mark.distributed
+def test_cli_dask_rows_run_on_a_local_cluster(tmp_path):
+    if xs.available_backends()["dask"] != "ok":
+        pytest.skip("dask: " + xs.available_backends()["dask"])
+    pytest.importorskip("distributed")
+    out_json = tmp_path / "dask.json"
+    rc = main(["bench", "--backends", "dask", "--shapes", "64x10", "--repeat", "1", "--json", str(out_json)])
+    assert rc == 0
+    report = json.loads(out_json.read_text())
+    _validate_report(report)
+    assert {r["engine"] for r in report["rows"]} == set(engines_for("dask"))
+    for row in report["rows"]:
+        assert row["device"] == "dask" and row["peak_bytes"] is None and row["max_abs_err"] < 1e-5
+
+
+def test_console_script_in_a_subprocess(tmp_path):
+    out_json = tmp_path / "b.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "xsoftmax.cli", "bench", "--backends", "numpy", "--shapes", "16x8",
+         "--repeat", "1", "--dtype", "float32,float64", "--json", str(out_json)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(out_json.read_text())
+    _validate_report(report)
+    assert {r["dtype"] for r in report["rows"]} == {"float32", "float64"}
+    assert "numpy" in proc.stdout and "copy floor cpu" in proc.stdout
+
+
+def test_pytest_benchmark_suite_reports_bandwidth_and_floor(tmp_path):
+    """``pytest bench --benchmark-only`` on tiny shapes: groups and extra_info as documented."""
+    pytest.importorskip("pytest_benchmark")
+    root = Path(__file__).resolve().parents[1]
+    out_json = tmp_path / "suite.json"
+    env = dict(os.environ, XSOFTMAX_BENCH_BACKENDS="numpy", XSOFTMAX_BENCH_PEERS="naive",
+               XSOFTMAX_BENCH_SHAPES="32x16", XSOFTMAX_BENCH_LAYER_SHAPES="8x6x4")
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--benchmark-only",
+         "--benchmark-max-time=0.01", f"--benchmark-json={out_json}",
+         "bench/test_bench_loss.py", "bench/test_bench_layers.py"],
+        cwd=root, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = json.loads(out_json.read_text())["benchmarks"]
+    loss = [r for r in results if r["group"] == "softmax_loss 32x16 float32"]
+    assert {r["extra_info"]["engine"] for r in loss} == set(engines_for("numpy")) | {bench.PEERS["naive"][1]}
+    for r in loss:
+        assert {"gbps", "floor_ratio", "floor_ms", "max_abs_err"} <= set(r["extra_info"])
+    groups = {r["group"] for r in results}
+    assert {f"{op} 8x6x4 float32" for op in ("affine_forward", "affine_backward", "relu_forward",
+                                             "relu_backward")} <= groups
+    relu = next(r for r in results if r["group"].startswith("relu_backward"))
+    affine = next(r for r in results if r["group"].startswith("affine_forward"))
+    assert "floor_ratio" in relu["extra_info"] and "gflops" in affine["extra_info"]

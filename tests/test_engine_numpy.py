@@ -1,0 +1,431 @@
+"""The NumPy engine (xsoftmax/_engines/numpy.py) against the reference engine and float64.
+
+Every option of ``softmax_loss`` on random and adversarial inputs; bitwise
+equality across thread counts and block sizes; ``out=`` (also in place);
+inputs never modified, read-only inputs accepted; dispatch of "auto"/"fused".
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import xsoftmax as xs
+from xsoftmax._engines import numpy as engine
+from xsoftmax._engines import select_engine
+from xsoftmax._validate import check_loss_inputs
+
+from _helpers import TOLERANCES
+
+OPTIONS = [
+    {},
+    {"reduction": "sum"},
+    {"reduction": "none"},
+    {"weight": True},
+    {"ignore_index": 1},
+    {"label_smoothing": 0.1},
+    {"weight": True, "ignore_index": 0, "label_smoothing": 0.25},
+    {"weight": True, "label_smoothing": 1.0, "reduction": "sum"},
+    {"weight": True, "ignore_index": 2, "reduction": "none", "label_smoothing": 0.05},
+]
+
+
+def _ids(opts: dict) -> str:
+    return ",".join(f"{k}={v}" for k, v in opts.items()) or "plain"
+
+
+def _problem(n, c, dtype=np.float32, *, opts=(), seed=0, scale=3.0):
+    """``(scores, y, kwargs)`` with labels hitting ``ignore_index`` on some rows."""
+    rng = np.random.default_rng(seed)
+    scores = (rng.standard_normal((n, c)) * scale).astype(dtype)
+    y = rng.integers(0, c, n)
+    kw = dict(opts)
+    if kw.get("weight") is True:
+        kw["weight"] = rng.uniform(0.1, 2.0, c).astype(dtype)
+    if "ignore_index" in kw and n > 1:
+        y[rng.random(n) < 0.3] = kw["ignore_index"]
+    return scores, y, kw
+
+
+def _run(scores, y, *, out=None, num_threads=None, block_rows=None, **kw):
+    """The NumPy engine called directly, with its thread and block knobs."""
+    inp = check_loss_inputs(
+        scores,
+        y,
+        reduction=kw.get("reduction", "mean"),
+        weight=kw.get("weight"),
+        ignore_index=kw.get("ignore_index"),
+        label_smoothing=kw.get("label_smoothing", 0.0),
+        engine="fused",
+    )
+    return engine.softmax_loss(inp, out=out, num_threads=num_threads, block_rows=block_rows)
+
+
+def _float64(scores, y, *, reduction="mean", weight=None, ignore_index=None, label_smoothing=0.0):
+    r"""Loss and gradient in float64, straight from the definition (finite scores).
+
+    Row loss ``(1−ε) w_y (lse − s_y) + ε/C Σ_k w_k (lse − s_k)``, gradient
+    ``(1−ε) w_y (p − 1[k=y]) + ε/C (W p − w)``, divided by ``Σ v_i w_{y_i}``
+    for "mean"; ignored rows count 0.
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    n, c = s.shape
+    w = np.ones(c) if weight is None else np.asarray(weight, dtype=np.float64)
+    valid = np.ones(n, bool) if ignore_index is None else y != ignore_index
+    ys = np.where(valid, y, 0)
+    m = s.max(axis=1, keepdims=True)
+    lse = m + np.log(np.exp(s - m).sum(axis=1, keepdims=True))
+    p = np.exp(s - lse)
+    eps, wy = label_smoothing, w[ys] * valid
+    rows = (1 - eps) * wy * (lse[:, 0] - s[np.arange(n), ys])
+    rows += eps / c * ((lse - s) * w).sum(axis=1) * valid
+    hot = np.zeros_like(s)
+    hot[np.arange(n), ys] = 1.0
+    grad = (1 - eps) * wy[:, None] * (p - hot) + eps / c * (w.sum() * p - w) * valid[:, None]
+    if reduction == "none":
+        return rows, grad
+    if reduction == "sum":
+        return rows.sum(), grad
+    return rows.sum() / wy.sum(), grad / wy.sum()
+
+
+def _close(actual, expected, dtype, scale=1.0):
+    rtol, atol = TOLERANCES[np.dtype(dtype).name]
+    np.testing.assert_allclose(
+        np.asarray(actual, dtype=np.float64), expected, rtol=rtol * scale, atol=atol * scale
+    )
+
+
+def _same_bits(a, b):
+    """Bitwise equal (NaN where NaN), same dtype and shape."""
+    a, b = np.asarray(a), np.asarray(b)
+    assert a.dtype == b.dtype and a.shape == b.shape
+    assert a.tobytes() == b.tobytes()
+
+
+# --------------------------------------------------------------------------- values
+
+
+@pytest.mark.parametrize("opts", OPTIONS, ids=_ids)
+@pytest.mark.parametrize("n,c", [(37, 5), (23, 48), (19, 49), (9, 300), (1, 7), (6, 1)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+def test_matches_float64_and_reference(n, c, dtype, opts):
+    if c == 1 and opts.get("ignore_index", 0) >= 1:
+        pytest.skip("ignore_index is not below C = 1")
+    scores, y, kw = _problem(n, c, dtype, opts=opts)
+    loss, d = _run(scores, y, num_threads=2, block_rows=4, **kw)
+    ref_loss, ref_d = xs.softmax_loss(scores, y, engine="reference", **kw)
+    assert d.dtype == scores.dtype and d.shape == scores.shape
+    assert np.asarray(loss).dtype == scores.dtype
+    assert np.shape(loss) == np.shape(ref_loss)
+    if all(y == kw.get("ignore_index")) and kw.get("reduction", "mean") == "mean":
+        assert np.isnan(loss)
+    else:
+        expected_loss, expected_d = _float64(scores, y, **kw)
+        _close(loss, expected_loss, dtype)
+        _close(d, expected_d, dtype)
+    _close(loss, np.asarray(ref_loss, np.float64), dtype)
+    _close(d, ref_d.astype(np.float64), dtype)
+
+
+@pytest.mark.parametrize("opts", OPTIONS, ids=_ids)
+@pytest.mark.parametrize("c", [6, 200])
+def test_large_logits(c, opts):
+    """±1e4 logits: nothing overflows; the loss is lse − s_y, never log(softmax)."""
+    scores, y, kw = _problem(40, c, np.float32, opts=opts, seed=1, scale=1e4)
+    loss, d = _run(scores, y, num_threads=3, block_rows=7, **kw)
+    expected_loss, expected_d = _float64(scores, y, **kw)
+    assert np.all(np.isfinite(loss)) and np.all(np.isfinite(d))
+    # float32 logits of size 1e4 are spaced ~1e-3 apart: so is the loss.
+    np.testing.assert_allclose(loss, expected_loss, rtol=1e-6, atol=1e-3)
+    np.testing.assert_allclose(d, expected_d, rtol=1e-5, atol=1e-6)
+    ref_loss, ref_d = xs.softmax_loss(scores, y, engine="reference", **kw)
+    np.testing.assert_allclose(loss, ref_loss, rtol=1e-6)
+    np.testing.assert_allclose(d, ref_d, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("opts", OPTIONS, ids=_ids)
+@pytest.mark.parametrize("c", [8, 120])
+def test_masking_with_minus_inf(c, opts):
+    """−inf logits get probability 0; an all −inf row gives NaN where the reference does."""
+    scores, y, kw = _problem(30, c, np.float32, opts=opts, seed=2)
+    rng = np.random.default_rng(3)
+    mask = rng.random(scores.shape) < 0.4
+    mask[np.arange(30), y % c] = False  # the target stays visible
+    scores[mask] = -np.inf
+    scores[5] = -np.inf  # one row with nothing left
+    scores[7, :] = 1e4
+    scores[7, 1:] = -np.inf
+    loss, d = _run(scores, y, num_threads=2, block_rows=3, **kw)
+    ref_loss, ref_d = xs.softmax_loss(scores, y, engine="reference", **kw)
+    np.testing.assert_allclose(loss, ref_loss, rtol=2e-5, atol=2e-6)
+    np.testing.assert_allclose(d, ref_d, rtol=2e-5, atol=2e-6)
+    masked = np.isneginf(scores) & ~np.isnan(d)  # row 5 is all NaN
+    masked[np.arange(30), y % c] = False  # row 7's target is masked: its gradient is −1
+    if kw.get("label_smoothing", 0) == 0:
+        assert np.all(d[masked] == 0)
+
+
+@pytest.mark.parametrize("c", [4, 100])
+def test_nan_and_inf_propagate_like_the_reference(c):
+    scores, y, _ = _problem(8, c, np.float32, seed=4)
+    scores[2, 1] = np.nan
+    scores[4, 0] = np.inf
+    loss, d = _run(scores, y, reduction="none", num_threads=2, block_rows=3)
+    ref_loss, ref_d = xs.softmax_loss(scores, y, engine="reference", reduction="none")
+    np.testing.assert_array_equal(np.isnan(loss), np.isnan(ref_loss))
+    np.testing.assert_array_equal(np.isnan(d), np.isnan(ref_d))
+    np.testing.assert_allclose(loss, ref_loss, rtol=2e-5)
+
+
+def test_zero_weight_mean_is_nan_like_the_reference():
+    """``D = Σ w_{y_i} = 0`` with rows kept: NaN loss and NaN gradient on kept rows."""
+    scores, y, _ = _problem(8, 4, seed=13)
+    y[:] = [0, 0, 1, 1, 2, 0, 1, 2]
+    weight = np.array([0.0, 0.0, 0.0, 1.0], np.float32)
+    loss, d = _run(scores, y, weight=weight, ignore_index=2, num_threads=2, block_rows=3)
+    ref_loss, ref_d = xs.softmax_loss(scores, y, weight=weight, ignore_index=2, engine="reference")
+    np.testing.assert_array_equal(loss, ref_loss)
+    np.testing.assert_array_equal(d, ref_d)
+    assert np.isnan(loss) and np.all(d[y == 2] == 0)
+
+
+def test_every_row_ignored():
+    scores, y, _ = _problem(6, 5, seed=5)
+    y[:] = 3
+    for reduction in ("mean", "sum", "none"):
+        loss, d = _run(scores, y, ignore_index=3, reduction=reduction, num_threads=2, block_rows=2)
+        ref_loss, ref_d = xs.softmax_loss(
+            scores, y, ignore_index=3, reduction=reduction, engine="reference"
+        )
+        np.testing.assert_array_equal(loss, ref_loss)  # NaN for "mean", zeros otherwise
+        np.testing.assert_array_equal(d, np.zeros_like(d))
+
+
+@pytest.mark.parametrize(
+    "label_dtype", [np.int8, np.uint8, np.int16, np.int32, np.int64, np.uint64]
+)
+def test_label_dtypes(label_dtype):
+    scores, y, _ = _problem(20, 9, seed=6)
+    loss, d = _run(scores, y.astype(label_dtype))
+    ref_loss, ref_d = _run(scores, y.astype(np.int64))
+    _same_bits(loss, ref_loss)
+    _same_bits(d, ref_d)
+
+
+@pytest.mark.parametrize(
+    "layout",
+    ["transposed", "strided", "negative-strides", "fortran"],
+)
+@pytest.mark.parametrize("c", [5, 70])
+def test_non_contiguous_scores(layout, c):
+    base, y, kw = _problem(24, c, seed=7, opts={"weight": True, "label_smoothing": 0.1})
+    if layout == "transposed":
+        scores = np.ascontiguousarray(base.T).T
+    elif layout == "strided":
+        big = np.zeros((48, 3 * c), np.float32)
+        big[::2, ::3] = base
+        scores = big[::2, ::3]
+    elif layout == "negative-strides":
+        scores = np.ascontiguousarray(base[::-1, ::-1])[::-1, ::-1]
+    else:
+        scores = np.asfortranarray(base)
+    assert not scores.flags.c_contiguous
+    loss, d = _run(scores, y, num_threads=2, block_rows=5, **kw)
+    ref_loss, ref_d = _run(base, y, num_threads=1, **kw)
+    _same_bits(loss, ref_loss)
+    _same_bits(d, ref_d)
+    assert d.flags.c_contiguous
+
+
+# --------------------------------------------------------------------------- determinism
+
+
+@pytest.mark.parametrize("opts", OPTIONS, ids=_ids)
+@pytest.mark.parametrize("c", [1, 3, 48, 49, 130])
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_bitwise_identical_across_threads_and_blocks(c, dtype, opts, monkeypatch):
+    """Thread count and block size never change a bit.
+
+    Block sizes cover blocks of one row, N not a multiple of the block, a
+    block boundary inside a run of rows sharing one label, one block. The
+    loss is summed in chunks of 5 rows here, so blocks cut chunks too.
+    """
+    monkeypatch.setattr(engine, "CHUNK_ROWS", 5)
+    n = 29
+    scores, y, kw = _problem(n, c, dtype, opts=opts, seed=8)
+    if c > 1 and "ignore_index" not in kw:
+        y[9:17] = c - 1  # rows 9..16 share a label; blocks of 4 and 6 cut the run
+    expected = _run(scores, y, num_threads=1, block_rows=n, **kw)
+    for threads, block in itertools.product((1, 2, 3), (1, 4, 6, 28, n, 1000)):
+        loss, d = _run(scores, y, num_threads=threads, block_rows=block, **kw)
+        _same_bits(loss, expected[0])
+        _same_bits(d, expected[1])
+    default = _run(scores, y, **kw)
+    _same_bits(default[0], expected[0])
+    _same_bits(default[1], expected[1])
+
+
+@pytest.mark.parametrize("c", [10, 64])
+def test_many_blocks_and_chunks(c):
+    """Real chunk size, several chunks, blocks aligned or not with them."""
+    n = 2 * engine.CHUNK_ROWS + 123
+    scores, y, kw = _problem(n, c, opts={"weight": True, "label_smoothing": 0.1}, seed=9)
+    one = _run(scores, y, num_threads=1, block_rows=n, **kw)
+    for threads, block in [(2, None), (3, 1000), (2, engine.CHUNK_ROWS), (3, 777)]:
+        loss, d = _run(scores, y, num_threads=threads, block_rows=block, **kw)
+        _same_bits(loss, one[0])
+        _same_bits(d, one[1])
+    ref_loss, ref_d = xs.softmax_loss(scores, y, engine="reference", **kw)
+    np.testing.assert_allclose(one[0], ref_loss, rtol=2e-5)
+    np.testing.assert_allclose(one[1], ref_d, rtol=2e-5, atol=2e-7)
+
+
+# --------------------------------------------------------------------------- out=, inputs
+
+
+@pytest.mark.parametrize("c", [6, 90])
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, np.float64])
+def test_out_buffer_and_in_place(c, dtype):
+    scores, y, kw = _problem(21, c, dtype, opts={"weight": True, "label_smoothing": 0.2}, seed=10)
+    loss, d = _run(scores, y, num_threads=2, block_rows=4, **kw)
+
+    out = np.full_like(scores, 7)
+    loss2, d2 = _run(scores, y, out=out, num_threads=2, block_rows=4, **kw)
+    assert d2 is out
+    _same_bits(loss2, loss)
+    _same_bits(d2, d)
+
+    in_place = scores.copy()
+    loss3, d3 = _run(in_place, y, out=in_place, num_threads=3, block_rows=5, **kw)
+    assert d3 is in_place
+    _same_bits(loss3, loss)
+    _same_bits(in_place, d)
+
+    public = scores.copy()
+    loss4, d4 = xs.softmax_loss(public, y, out=public, **kw)
+    assert d4 is public
+    _same_bits(loss4, loss)
+    _same_bits(public, d)
+
+
+@pytest.mark.parametrize("c", [6, 90])
+def test_out_non_contiguous_and_overlapping(c):
+    scores, y, kw = _problem(16, c, seed=11)
+    loss, d = _run(scores, y, **kw)
+
+    fortran = np.asfortranarray(np.zeros_like(scores))
+    _, d2 = _run(scores, y, out=fortran, num_threads=2, block_rows=3, **kw)
+    assert d2 is fortran
+    _same_bits(np.ascontiguousarray(d2), d)
+
+    # `out` = the scores' rows in reverse order: blocks must not see each
+    # other's output where they expect scores.
+    work = scores.copy()
+    reversed_rows = work[::-1]
+    _, d3 = _run(work, y, out=reversed_rows, num_threads=2, block_rows=3, **kw)
+    assert d3 is reversed_rows
+    _same_bits(np.ascontiguousarray(d3), d)
+
+
+@pytest.mark.parametrize("c", [6, 90])
+def test_inputs_untouched_and_read_only(c):
+    opts = {"weight": True, "ignore_index": 0, "label_smoothing": 0.1}
+    scores, y, kw = _problem(15, c, opts=opts, seed=12)
+    copies = scores.copy(), y.copy(), kw["weight"].copy()
+    for a in (scores, y, kw["weight"]):
+        a.setflags(write=False)
+    loss, d = _run(scores, y, num_threads=2, block_rows=4, **kw)
+    xs.softmax_loss(scores, y, **kw)
+    _same_bits(scores, copies[0])
+    _same_bits(y, copies[1])
+    _same_bits(kw["weight"], copies[2])
+    assert d.flags.writeable
+
+
+def test_empty_batch():
+    scores = np.zeros((0, 4), np.float32)
+    y = np.zeros(0, np.int64)
+    for reduction in ("mean", "sum", "none"):
+        loss, d = _run(scores, y, reduction=reduction, num_threads=3)
+        ref_loss, _ = xs.softmax_loss(scores, y, reduction=reduction, engine="reference")
+        np.testing.assert_array_equal(loss, ref_loss)
+        assert d.shape == (0, 4)
+
+
+# --------------------------------------------------------------------------- dispatch, knobs
+
+
+def test_auto_and_fused_pick_this_engine(monkeypatch):
+    import array_api_compat.numpy as xp
+
+    assert select_engine(xp, "auto") is engine.softmax_loss
+    assert select_engine(xp, "fused") is engine.softmax_loss
+    calls = []
+    real = engine.softmax_loss
+
+    def spy(inp, *, out=None):
+        calls.append(out)
+        return real(inp, out=out)
+
+    monkeypatch.setattr(engine, "softmax_loss", spy)
+    scores, y, _ = _problem(4, 3)
+    xs.softmax_loss(scores, y)
+    xs.softmax_loss(scores, y, engine="fused")
+    assert len(calls) == 2
+    xs.softmax_loss(scores, y, engine="reference")
+    assert len(calls) == 2
+
+
+def test_numpy_state_left_alone():
+    """Worker threads tune NumPy's ufunc buffer; the caller's setting is restored."""
+    before = np.getbufsize(), np.geterr()
+    scores, y, _ = _problem(64, 500)
+    _run(scores, y, num_threads=1, block_rows=8)
+    _run(scores, y, num_threads=3, block_rows=8)
+    assert (np.getbufsize(), np.geterr()) == before
+
+
+def test_thread_count_setting(monkeypatch):
+    monkeypatch.delenv(engine.NUM_THREADS_ENV, raising=False)
+    import os
+
+    assert engine.default_num_threads() == len(os.sched_getaffinity(0))
+    monkeypatch.setenv(engine.NUM_THREADS_ENV, "3")
+    assert engine.default_num_threads() == 3
+    for bad in ("0", "-2", "two", "1.5"):
+        monkeypatch.setenv(engine.NUM_THREADS_ENV, bad)
+        with pytest.raises(ValueError, match=engine.NUM_THREADS_ENV):
+            engine.default_num_threads()
+    monkeypatch.delenv(engine.NUM_THREADS_ENV)
+    scores, y, _ = _problem(4, 3)
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="num_threads"):
+            _run(scores, y, num_threads=bad)
+    with pytest.raises(ValueError, match="block_rows"):
+        _run(scores, y, block_rows=0)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n=st.integers(1, 40),
+    c=st.integers(1, 70),
+    threads=st.integers(1, 3),
+    block=st.integers(1, 45),
+    opts=st.sampled_from(OPTIONS),
+    seed=st.integers(0, 2**16),
+)
+def test_hypothesis_shapes(n, c, threads, block, opts, seed):
+    opts = {k: v for k, v in opts.items() if not (k == "ignore_index" and v >= c)}
+    scores, y, kw = _problem(n, c, opts=opts, seed=seed)
+    loss, d = _run(scores, y, num_threads=threads, block_rows=block, **kw)
+    ref_loss, ref_d = xs.softmax_loss(scores, y, engine="reference", **kw)
+    np.testing.assert_allclose(loss, ref_loss, rtol=2e-5, atol=2e-6)
+    np.testing.assert_allclose(d, ref_d, rtol=2e-5, atol=2e-6)
+    one = _run(scores, y, num_threads=1, block_rows=n, **kw)
+    _same_bits(loss, one[0])
+    _same_bits(d, one[1])

@@ -1,0 +1,254 @@
+r"""The Dask engine: the chunks' own engine mapped over row blocks.
+
+Scores ``s`` of shape ``(N, C)`` are split by rows into blocks ``B_1 … B_K``,
+each holding all ``C`` classes of its rows. In the notation of
+:mod:`xsoftmax._reduction`, every quantity is per row (``m, l, t, u`` and the
+coefficients ``α, β, a, b, c``) except the "mean" denominator
+
+.. math::  D = Σ_i v_i w_{y_i} = Σ_b D_b, \qquad D_b = Σ_{i ∈ B_b} v_i w_{y_i},
+
+a sum over *all* rows. It depends on the labels only, so it is computed first
+(one task per label block, then a tree sum: ``N`` integers read, no scores),
+and each block's kernel then receives it as a 0-d input. The kernel folds
+``1/D`` into the class weights instead of rescaling the gradient afterwards:
+with ``w' = w / D`` (``w ≡ 1`` without weights) and the per-row reduction
+("none", where the row scale is ``v_i``),
+
+.. math::
+
+    α'_i = α_i / D = a_i, \quad β'_i w'_k = b_i w_k, \quad
+    α'_i + β'_i W' = c_i, \quad
+    \text{row}'_i = α'_i (l_i − t_i) + β'_i (W' l_i − u'_i) = \text{row}_i / D,
+
+because ``β_i = v_i ε / C`` does not involve ``w`` while ``W`` and ``u`` are
+linear in it. So one call of the chunk engine gives exactly the "mean"
+gradient of its rows and their share of the mean loss, with no extra pass
+over the ``(N_b, C)`` block; the loss is the tree sum of the row shares.
+
+Graph (``K`` blocks): label check ``K``; ``D_b`` ``K`` and their tree sum
+``K + O(log K)``; the kernel ``K`` (one task reads each scores block once and
+yields ``(dscores_b, rows_b)``); two getters ``2K``; the loss tree sum
+``K + O(log K)``. About ``7K`` tasks, against ~30 per block for the generic
+code on Dask arrays.
+
+Inside a task the chunk is a concrete array, and the engine for its own type
+is chosen there (:func:`xsoftmax._engines.select_engine` with "auto"): the
+fused NumPy engine on CPU chunks, the CuPy engine on CuPy-backed chunks
+(dask-cuda), the reference code for any other chunk type.
+"""
+
+from __future__ import annotations
+
+import operator
+import warnings
+from typing import Any
+
+from .._backend import array_namespace
+from .._dtypes import compute_dtype
+from .._reduction import row_coefficients
+from .._typing import Array, DType
+from .._validate import LossInputs
+
+__all__ = ["softmax_loss"]
+
+
+def softmax_loss(inp: LossInputs, *, out: Array | None = None) -> tuple[Array, Array]:
+    r"""``softmax_loss`` for row-chunked Dask arrays; lazy until computed.
+
+    Same values and gradients as the reference engine (see
+    :mod:`xsoftmax._reduction`). ``dscores`` is chunked like the scores'
+    rows with all ``C`` classes in one chunk; ``loss`` is 0-d ("mean",
+    "sum") or ``(N,)`` chunked like the rows ("none"). A scores array split
+    along the class axis is rechunked, with a ``PerformanceWarning``: the
+    result is right, but the rechunk moves data between workers, so create
+    scores with ``chunks=(rows, -1)`` instead. Out-of-range labels raise
+    ``ValueError`` naming the global row when the result is computed.
+    """
+    import dask.array as da
+
+    if out is not None:
+        raise TypeError("out= needs a mutable array; dask arrays are not writable in place")
+    s = _rows_chunked(inp.scores)
+    c = s.shape[1]
+    y = inp.y.rechunk((s.chunks[0],))  # a no-op when the labels already match
+    w = None if inp.weight is None else inp.weight.rechunk(-1)
+    cdt = compute_dtype(inp.xp, s.dtype)
+    options = dict(
+        num_classes=c,
+        ignore_index=inp.ignore_index,
+        label_smoothing=inp.label_smoothing,
+        reduction=inp.reduction,
+        compute_dtype=cdt,
+    )
+
+    args: list[Any] = [s, "ij", y, "i"]
+    if w is not None:
+        args += [w, "j"]
+    denom = None
+    if inp.reduction == "mean":
+        denom = _denominator(y, w, c, inp.ignore_index, cdt)
+        args += [denom, ()]
+    meta2 = s._meta
+    meta1 = _meta_1d(s)
+    pair = da.blockwise(
+        _block_kernel,
+        "i",
+        *args,
+        token="xsoftmax-softmax-loss",
+        concatenate=True,
+        meta=(meta2, meta1),
+        has_weight=w is not None,
+        **options,
+    )
+    dscores = da.blockwise(
+        operator.itemgetter(0),
+        "ij",
+        pair,
+        "i",
+        new_axes={"j": c},
+        token="xsoftmax-dscores",
+        meta=meta2,
+    )
+    rows = da.blockwise(operator.itemgetter(1), "i", pair, "i", token="xsoftmax-row-loss", meta=meta1)
+    if inp.reduction == "none":
+        return rows, dscores
+    # Row losses are summed in the compute dtype, as the reference does: a
+    # float16 running sum of N terms of size ~log C loses digits, then overflows.
+    total = rows.sum(dtype=cdt)
+    if inp.reduction == "mean":
+        total = da.blockwise(
+            _finish_mean, (), total, (), denom, (), token="xsoftmax-mean", meta=total._meta
+        )
+    return total.astype(s.dtype), dscores
+
+
+def _rows_chunked(s: Array) -> Array:
+    """``s`` with all classes of a row in one chunk."""
+    from dask.array.core import PerformanceWarning
+
+    if s.numblocks[1] == 1:
+        return s
+    warnings.warn(
+        f"scores is chunked along the class axis (column chunks {s.chunks[1]}); the Dask "
+        f"engine needs all C = {s.shape[1]} classes of a row in one chunk and rechunks "
+        f"scores to chunks=('auto', -1), which moves data between workers. Create scores "
+        f"with chunks=(rows, -1) to avoid this.",
+        PerformanceWarning,
+        stacklevel=4,
+    )
+    return s.rechunk({0: "auto", 1: -1})
+
+
+def _meta_1d(s: Array) -> Array:
+    from dask.array.utils import meta_from_array
+
+    return meta_from_array(s._meta, ndim=1)
+
+
+def _denominator(y: Array, w: Array | None, c: int, ignore_index: int | None, cdt: DType) -> Array:
+    """``D = Σ_b D_b`` as a 0-d Dask array: one task per label block, then a tree sum."""
+    import dask.array as da
+
+    args: list[Any] = [y, "i"] + ([w, "j"] if w is not None else [])
+    partial = da.blockwise(
+        _block_denominator,
+        "i",
+        *args,
+        token="xsoftmax-mean-denominator",
+        adjust_chunks={"i": 1},
+        concatenate=True,
+        meta=_meta_1d(y).astype(cdt),
+        num_classes=c,
+        ignore_index=ignore_index,
+        compute_dtype=cdt,
+    )
+    return partial.sum()
+
+
+def _block_denominator(
+    y: Array, w: Array | None = None, *, num_classes: int, ignore_index: int | None, compute_dtype: DType
+) -> Array:
+    """``D_b = Σ_{i∈B_b} v_i w_{y_i}`` as a ``(1,)`` array.
+
+    Without smoothing ``α_i = v_i w_{y_i}``, so ``D_b = Σ α_i``; the "sum"
+    reduction is asked for because "mean" would divide by this block's own
+    (possibly zero) denominator.
+    """
+    xp = array_namespace(y)
+    coef = row_coefficients(
+        xp,
+        y,
+        num_classes=num_classes,
+        weight=None if w is None else xp.asarray(w),
+        ignore_index=ignore_index,
+        label_smoothing=0.0,
+        reduction="sum",
+        dtype=compute_dtype,
+    )
+    return xp.reshape(xp.sum(coef.alpha), (1,))
+
+
+def _block_kernel(
+    s: Array,
+    y: Array,
+    *extra: Array,
+    has_weight: bool,
+    num_classes: int,
+    ignore_index: int | None,
+    label_smoothing: float,
+    reduction: str,
+    compute_dtype: DType,
+) -> tuple[Array, Array]:
+    """``(dscores_b, rows_b)`` of one row block, from one call of its chunk engine.
+
+    ``rows_b`` are per-row losses, already divided by ``D`` for "mean"
+    (module docstring). ``extra`` holds the weight block (if any), then the
+    0-d ``D`` (for "mean").
+    """
+    from . import select_engine
+
+    xp = array_namespace(s)
+    # Labels or weights backed by another chunk type (NumPy next to CuPy
+    # scores) follow the scores onto their device.
+    y = xp.asarray(y)
+    w = xp.asarray(extra[0]) if has_weight else None
+    scale_after = None
+    if reduction == "mean":
+        denom = xp.astype(xp.asarray(extra[-1]), compute_dtype)
+        if w is None:
+            w = xp.ones((num_classes,), dtype=compute_dtype, device=_device(s))
+        else:
+            w = xp.astype(w, compute_dtype)
+        if float(denom) != 0.0:
+            w = w / denom
+        else:
+            # Every row ignored (or weighted 0): the reference's row scale
+            # where(v_i, 1/D, 0) gives ignored rows an exact 0 gradient and
+            # the loss 0/0 = NaN (_finish_mean), as in PyTorch.
+            valid = row_coefficients(
+                xp,
+                y,
+                num_classes=num_classes,
+                weight=None,
+                ignore_index=ignore_index,
+                label_smoothing=0.0,
+                reduction="sum",
+                dtype=compute_dtype,
+            ).valid
+            scale_after = xp.where(valid, 1.0 / denom, xp.zeros_like(denom))
+    engine = select_engine(xp, "auto")
+    rows, d = engine(LossInputs(xp, s, y, w, ignore_index, label_smoothing, "none", False))
+    if scale_after is not None:
+        d = xp.astype(xp.astype(d, compute_dtype) * xp.expand_dims(scale_after, axis=1), s.dtype)
+    return d, rows
+
+
+def _finish_mean(total: Array, denom: Array) -> Array:
+    """The mean loss from the sum of row shares; ``Σ rows / D`` (0/0) when ``D = 0``."""
+    return total if float(denom) != 0.0 else total / denom
+
+
+def _device(x: Array) -> Any:
+    import array_api_compat as compat
+
+    return compat.device(x)

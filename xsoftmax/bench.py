@@ -1,0 +1,699 @@
+r"""``xsoftmax bench``: ``softmax_loss`` forward+backward on every backend and engine, side by side.
+
+For each backend × engine (and the peers: PyTorch ``F.cross_entropy``
+forward+backward, JAX ``jit(value_and_grad)``, a naive CS231n-style NumPy
+loss) × shape × dtype, one row reports
+
+* ``median_ms`` and ``spread_ms`` (interquartile range) over ``--repeat``
+  timed calls after a warm-up call;
+* ``gbps``: bytes of scores read plus gradient written, ``2·N·C·itemsize``,
+  over the median time;
+* ``floor_ratio``: the median over the median of a plain copy of the same
+  ``N×C`` bytes on the same device, measured in the same run
+  (``np.copyto`` on the host, a CuPy copy on the GPU, a copy on the Dask
+  workers). The copy moves exactly the bytes a pass must move, so 1.0 is the
+  memory floor and 3.0 means "three copies' worth of time";
+* ``max_abs_err``: the largest difference of the loss and of the gradient
+  from a float64 NumPy oracle (:func:`xsoftmax.check.oracle_softmax_loss`);
+* ``peak_bytes``: peak extra memory of one call (tracemalloc on the host,
+  the CuPy pool on the GPU; ``null`` where neither sees the allocations:
+  torch, JAX, the Dask workers).
+
+The same :func:`make_case`, :func:`make_peer` and :func:`floor` drive the
+``bench/`` pytest-benchmark suite, and all timing lives in
+:mod:`xsoftmax._timing`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import json
+import math
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from . import _timing
+
+__all__ = [
+    "DEFAULT_SHAPES",
+    "PEERS",
+    "Case",
+    "configure",
+    "dask_client",
+    "floor",
+    "machine_info",
+    "make_case",
+    "make_peer",
+    "max_abs_err",
+    "naive_softmax_loss",
+    "plan",
+    "run",
+]
+
+#: Default shapes: a classifier-sized batch (N ≫ C) and a vocabulary-sized
+#: one (C ≫ N), 8 M and 16 M values (32 and 64 MB in float32): far larger
+#: than per-core caches, small enough that the default run (14 rows with the
+#: peers) finishes in about a minute on a busy 2-core CPU.
+DEFAULT_SHAPES: tuple[tuple[int, int], ...] = ((8192, 1024), (512, 32000))
+
+#: peer name -> (library it needs, engine label in the table)
+PEERS: dict[str, tuple[str, str]] = {
+    "torch": ("torch", "peer:F.cross_entropy"),
+    "jax": ("jax", "peer:jit(value_and_grad)"),
+    "naive": ("numpy", "peer:naive CS231n"),
+}
+
+#: Backends left out of the default run, and why.
+NOT_BY_DEFAULT = {
+    "dask": "a cluster backend: on one machine its rows mostly time the scheduler, and starting "
+            "a LocalCluster costs seconds (ask with --backends dask)",
+    "array_api_strict": "a conformance namespace, not a performance backend (ask with --backends)",
+}
+
+DTYPES = ("float32", "float64", "float16")
+
+#: Dask rows run on a LocalCluster of this many single-threaded worker processes.
+DASK_WORKERS = 2
+
+
+# --------------------------------------------------------------------------- cases
+
+
+@dataclass
+class Case:
+    """One thing to time: a forward+backward pass of one implementation on one input."""
+
+    backend: str
+    engine: str
+    kind: str  # "xsoftmax" or "peer"
+    device: str  # where its copy floor is measured: "cpu", "cuda" or "dask"
+    #: one forward+backward pass; returns (loss, dscores) once the work is
+    #: done (on "cuda": once it is enqueued; CUDA events time it)
+    fn: Callable[[], tuple[Any, Any]]
+    #: the scores it computes on, as host float64, and the labels (for the oracle)
+    inputs: Callable[[], tuple[np.ndarray, np.ndarray]]
+    #: False where tracemalloc cannot see the allocations (torch, JAX)
+    host_traced: bool = True
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        """One pass, moved to the host."""
+        import xsoftmax as xs
+
+        loss, d = self.fn()
+        return np.asarray(xs.to_numpy(loss), np.float64), xs.to_numpy(d)
+
+    def peak_bytes(self) -> int | None:
+        if self.device == "cpu" and not self.host_traced:
+            return None
+        return _timing.peak_bytes(self.fn, device=self.device)
+
+
+def host_inputs(shape: tuple[int, int], dtype: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Standard-normal scores (times 3: a realistic spread of logits) and uniform labels."""
+    n, c = shape
+    rng = np.random.default_rng(seed)
+    scores = rng.standard_normal((n, c), dtype=np.float32 if dtype != "float64" else np.float64)
+    scores *= 3
+    return scores.astype(dtype, copy=False), rng.integers(0, c, n)
+
+
+def _as64(x: Any) -> np.ndarray:
+    import xsoftmax as xs
+
+    return xs.to_numpy(x).astype(np.float64)
+
+
+def make_case(
+    backend: str,
+    engine: str,
+    shape: tuple[int, int],
+    dtype: str,
+    *,
+    seed: int = 0,
+    client: Any = None,
+) -> Case:
+    """``xs.softmax_loss(scores, y, engine=engine)`` on ``backend`` arrays.
+
+    Dask needs ``client`` (see :func:`dask_client`): its data are created on
+    the workers, and each pass persists the gradient and computes the loss
+    there. JAX runs under ``jax.jit``, as JAX users run it.
+    """
+    import xsoftmax as xs
+
+    if backend == "dask":
+        return _dask_case(engine, shape, dtype, seed=seed, client=client)
+    scores, y = host_inputs(shape, dtype, seed)
+    s = xs.asarray(scores, backend=backend)
+    yb = xs.asarray(y, backend=backend)
+    inputs = lambda: (_as64(s), y)  # noqa: E731
+    if backend == "jax":
+        import jax
+
+        f = jax.jit(lambda s, y: xs.softmax_loss(s, y, engine=engine))
+        return Case(backend, engine, "xsoftmax", "cpu", lambda: jax.block_until_ready(f(s, yb)),
+                    inputs, host_traced=False)
+    device = "cuda" if backend == "cupy" else "cpu"
+    return Case(backend, engine, "xsoftmax", device, lambda: xs.softmax_loss(s, yb, engine=engine),
+                inputs, host_traced=backend != "torch")
+
+
+def _dask_case(engine: str, shape: tuple[int, int], dtype: str, *, seed: int, client: Any) -> Case:
+    import xsoftmax as xs
+
+    if client is None:
+        raise ValueError("dask rows need a distributed client: use xsoftmax.bench.dask_client()")
+    s, y = _dask_inputs(shape, dtype, seed, client)
+
+    def fn() -> tuple[Any, Any]:
+        from distributed import wait
+
+        loss, d = client.persist(list(xs.softmax_loss(_fresh(s), _fresh(y), engine=engine)))
+        wait([loss, d])
+        return loss.compute(), d
+
+    def inputs() -> tuple[np.ndarray, np.ndarray]:
+        host_s, host_y = client.compute([s, y], sync=True)
+        return host_s.astype(np.float64), host_y
+
+    return Case("dask", engine, "xsoftmax", "dask", fn, inputs)
+
+
+def _identity(block: Any) -> Any:
+    return block
+
+
+def _fresh(x: Any) -> Any:
+    """``x`` under new task keys (a no-op task per block).
+
+    Dask names tasks by hashing their inputs, so the same computation
+    submitted again gets the same keys, and the scheduler may hand back the
+    previous call's results while they are still being released: the repeat
+    would time nothing. Fresh keys make every timed call do the work.
+    """
+    import uuid
+
+    return x.map_blocks(_identity, dtype=x.dtype, name=f"xsoftmax-bench-{uuid.uuid4().hex}")
+
+
+def _dask_inputs(shape: tuple[int, int], dtype: str, seed: int, client: Any) -> tuple[Any, Any]:
+    """Scores and labels generated on the workers (never shipped from here), row-chunked."""
+    import dask.array as da
+    from distributed import wait
+
+    n, c = shape
+    rows = max(1, math.ceil(n / (2 * DASK_WORKERS)))  # two blocks per worker
+    rng = da.random.default_rng(seed)
+    s = (rng.standard_normal((n, c), chunks=(rows, c)) * 3).astype(dtype)
+    y = rng.integers(0, c, n, chunks=rows)
+    s, y = client.persist([s, y])
+    wait([s, y])
+    return s, y
+
+
+def naive_softmax_loss(scores: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
+    """The textbook vectorized NumPy loss: probabilities first, then ``−log p_y``.
+
+    What a CS231n student writes; it allocates several ``N×C`` temporaries and
+    turns the probability of a badly wrong class into ``log 0 = −inf``.
+    """
+    n = scores.shape[0]
+    exp = np.exp(scores - scores.max(axis=1, keepdims=True))
+    probs = exp / exp.sum(axis=1, keepdims=True)
+    rows = np.arange(n)
+    loss = -np.log(probs[rows, y]).mean()
+    dscores = probs
+    dscores[rows, y] -= 1
+    dscores /= n
+    return loss, dscores
+
+
+def make_peer(name: str, shape: tuple[int, int], dtype: str, *, seed: int = 0) -> Case:
+    """A peer implementation of the same mean cross-entropy, forward and backward."""
+    scores, y = host_inputs(shape, dtype, seed)
+    inputs = lambda: (scores.astype(np.float64), y)  # noqa: E731
+    library, label = PEERS[name]
+    if name == "torch":
+        import torch
+        import torch.nn.functional as F
+
+        leaf = torch.from_numpy(scores).requires_grad_()
+        yt = torch.from_numpy(y)
+
+        def fn() -> tuple[Any, Any]:
+            leaf.grad = None
+            loss = F.cross_entropy(leaf, yt)
+            loss.backward()
+            return loss.detach(), leaf.grad
+
+        return Case("torch", label, "peer", "cpu", fn, inputs, host_traced=False)
+    if name == "jax":
+        import jax
+        import jax.numpy as jnp
+
+        def mean_ce(s: Any, y: Any) -> Any:
+            logp = jax.nn.log_softmax(s, axis=1)
+            return -jnp.mean(jnp.take_along_axis(logp, y[:, None], axis=1))
+
+        f = jax.jit(jax.value_and_grad(mean_ce))
+        sj, yj = jnp.asarray(scores), jnp.asarray(y)
+        return Case("jax", label, "peer", "cpu", lambda: jax.block_until_ready(f(sj, yj)), inputs,
+                    host_traced=False)
+    if name == "naive":
+        return Case("numpy", label, "peer", "cpu", lambda: naive_softmax_loss(scores, y), inputs)
+    raise ValueError(f"peer must be one of {', '.join(PEERS)}, got {name!r}")
+
+
+# --------------------------------------------------------------------------- measuring
+
+
+@contextlib.contextmanager
+def dask_client(n_workers: int = DASK_WORKERS) -> Iterator[Any]:
+    """A LocalCluster of ``n_workers`` single-threaded processes, closed on exit."""
+    import logging
+
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(
+        n_workers=n_workers,
+        threads_per_worker=1,
+        processes=True,
+        dashboard_address=":0",  # any free port: never clash with a running cluster
+        silence_logs=logging.ERROR,
+    ) as cluster, Client(cluster) as client:
+        yield client
+
+
+def floor(
+    device: str, shape: tuple[int, int], dtype: str, *, repeat: int, client: Any = None
+) -> _timing.Timing:
+    """The copy floor of ``N×C`` values of ``dtype`` on ``device`` (see :mod:`xsoftmax._timing`)."""
+    if device != "dask":
+        return _timing.copy_floor(device, shape, dtype, repeat=repeat)
+    from distributed import wait
+
+    s, _ = _dask_inputs(shape, dtype, 0, client)
+
+    def copy() -> None:
+        # The same row blocks copied on the workers that hold them, persisted
+        # like the gradient is: the floor includes the scheduler's overhead.
+        wait(client.persist(_fresh(s).map_blocks(np.copy, dtype=s.dtype)))
+
+    return _timing.copy_floor("dask", shape, dtype, repeat=repeat, copy=copy)
+
+
+def max_abs_err(case: Case, result: tuple[np.ndarray, np.ndarray], *, block: int = 1 << 20) -> float:
+    """``max(|loss − loss₆₄|, max|dscores − dscores₆₄|)`` against the float64 oracle.
+
+    The oracle runs on row blocks of about ``block`` values, so checking a
+    large batch needs a few float64 blocks of memory, not several full copies.
+    """
+    from .check import oracle_softmax_loss
+
+    loss, d = result
+    scores, y = case.inputs()
+    n, c = scores.shape
+    rows = max(1, block // c)
+    err, total = 0.0, 0.0
+    for start in range(0, n, rows):
+        stop = min(n, start + rows)
+        row_loss, grad = oracle_softmax_loss(scores[start:stop], y[start:stop], reduction="none")
+        total += float(row_loss.sum())
+        err = max(err, float(np.max(np.abs(d[start:stop].astype(np.float64) - grad / n))))
+    return max(err, abs(float(loss) - total / n))
+
+
+@dataclass
+class Row:
+    """One result row (the JSON schema of ``--json``)."""
+
+    backend: str
+    engine: str
+    kind: str
+    shape: str
+    dtype: str
+    device: str
+    median_ms: float
+    spread_ms: float
+    min_ms: float
+    repeat: int
+    gbps: float
+    floor_ms: float
+    floor_gbps: float
+    floor_ratio: float
+    max_abs_err: float
+    peak_bytes: int | None
+
+
+def measure_case(case: Case, shape: tuple[int, int], dtype: str, floor_timing: _timing.Timing,
+                 *, repeat: int) -> Row:
+    """Warm-up (its result gives the error), timed repeats, then one traced call for the peak."""
+    result = case.result()
+    err = max_abs_err(case, result)
+    del result
+    timing = _timing.measure(case.fn, repeat=repeat, device=case.device, warmup=0)
+    nbytes = _timing.pass_bytes(shape, np.dtype(dtype).itemsize)
+    return Row(
+        backend=case.backend,
+        engine=case.engine,
+        kind=case.kind,
+        shape=f"{shape[0]}x{shape[1]}",
+        dtype=dtype,
+        device=case.device,
+        median_ms=timing.median * 1e3,
+        spread_ms=timing.spread * 1e3,
+        min_ms=timing.min * 1e3,
+        repeat=repeat,
+        gbps=_timing.bandwidth_gbps(nbytes, timing.median),
+        floor_ms=floor_timing.median * 1e3,
+        floor_gbps=_timing.bandwidth_gbps(nbytes, floor_timing.median),
+        floor_ratio=_timing.floor_ratio(nbytes, timing.median, nbytes, floor_timing.median),
+        max_abs_err=err,
+        peak_bytes=case.peak_bytes(),
+    )
+
+
+# --------------------------------------------------------------------------- machine
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _gpu_name(status: dict[str, str]) -> str | None:
+    if status.get("cupy") != "ok":
+        return None
+    import cupy
+
+    name = cupy.cuda.runtime.getDeviceProperties(0)["name"]
+    return name.decode() if isinstance(name, bytes) else str(name)
+
+
+def machine_info(status: dict[str, str]) -> dict[str, Any]:
+    """What the numbers were measured on: CPU, GPU, library versions."""
+    from importlib import metadata
+
+    versions = {}
+    for dist in ("xsoftmax", "numpy", "array-api-compat", "cupy-cuda12x", "cupy-cuda13x", "torch",
+                 "jax", "jaxlib", "dask", "distributed", "array-api-strict"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return {
+        "cpu": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "gpu": _gpu_name(status),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "versions": versions,
+        "backends": status,
+    }
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def _shape(text: str) -> tuple[int, int]:
+    try:
+        n, c = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a shape is NxC, e.g. 16384x1024; got {text!r}") from None
+    if n < 1 or c < 1:
+        raise argparse.ArgumentTypeError(f"a shape needs N >= 1 and C >= 1; got {text!r}")
+    return n, c
+
+
+def _shapes(text: str) -> list[tuple[int, int]]:
+    return [_shape(t) for t in text.split(",") if t.strip()]
+
+
+def _names(choices: tuple[str, ...]) -> Callable[[str], list[str]]:
+    def parse(text: str) -> list[str]:
+        names = [t.strip() for t in text.split(",") if t.strip()]
+        bad = [t for t in names if t not in choices]
+        if bad:
+            raise argparse.ArgumentTypeError(f"unknown {', '.join(bad)}; choose from {', '.join(choices)}")
+        return names
+
+    return parse
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    from ._backend import BACKENDS
+
+    shapes = ",".join(f"{n}x{c}" for n, c in DEFAULT_SHAPES)
+    parser.add_argument("--backends", type=_names(BACKENDS),
+                        help=f"comma-separated backends (default: every available one but "
+                             f"{', '.join(NOT_BY_DEFAULT)})")
+    parser.add_argument("--engines", type=_names(("reference", "fused")),
+                        help="comma-separated engines (default: reference, and fused where the backend has one)")
+    parser.add_argument("--shapes", type=_shapes, default=list(DEFAULT_SHAPES),
+                        help=f"comma-separated NxC shapes (default: {shapes})")
+    parser.add_argument("--dtype", type=_names(DTYPES), default=["float32"],
+                        help="comma-separated dtypes: float32, float64, float16 (default: float32)")
+    parser.add_argument("--repeat", type=int, default=5, help="timed calls per row (default: 5)")
+    parser.add_argument("--peers", nargs="?", type=_peer_names, const=list(PEERS), default=None,
+                        help="compare with peers: a comma-separated list of "
+                             f"{', '.join(PEERS)}, 'all' (also what a bare --peers means) or 'none'; "
+                             "default: all installed peers without --backends, none with it")
+    parser.add_argument("--json", metavar="PATH", help="write every row and the machine to PATH")
+    parser.add_argument("--plot", metavar="PATH", help="write a PNG of GB/s against C (needs matplotlib)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default: 0)")
+
+
+def _peer_names(text: str) -> list[str]:
+    if text in ("all", "none"):
+        return list(PEERS) if text == "all" else []
+    return _names(tuple(PEERS))(text)
+
+
+def plan(
+    status: dict[str, str],
+    *,
+    backends: list[str] | None = None,
+    engines: list[str] | None = None,
+    peers: list[str] | None = None,
+) -> tuple[list[tuple[str, str]], list[str], list[str]]:
+    """What a run measures: ``(backend, engine)`` pairs, peer names, and skip notes.
+
+    ``backends=None`` means every available backend but :data:`NOT_BY_DEFAULT`;
+    ``peers=None`` means every installed peer then, none when ``backends`` is
+    given. Shared by the CLI and the ``bench/`` suite.
+    """
+    from ._backend import BACKENDS
+    from .check import engines_for
+
+    skipped = []
+    pairs = []
+    for backend in backends or BACKENDS:
+        if status[backend] != "ok":
+            skipped.append(f"{backend}: {status[backend]}")
+            continue
+        if backends is None and backend in NOT_BY_DEFAULT:
+            skipped.append(f"{backend}: {NOT_BY_DEFAULT[backend]}")
+            continue
+        pairs += [(backend, e) for e in engines_for(backend) if engines is None or e in engines]
+    chosen = []
+    if peers is None:
+        peers = list(PEERS) if backends is None else []
+    for peer in peers:
+        library = PEERS[peer][0]
+        if importlib.util.find_spec(library) is None:
+            skipped.append(f"peer {peer}: {library} is not installed")
+        else:
+            chosen.append(peer)
+    return pairs, chosen, skipped
+
+
+def _progress(i: int, total: int, label: str, note: str = "") -> None:
+    print(f"[{i:>{len(str(total))}}/{total}] {label}{note}", file=sys.stderr, flush=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    import xsoftmax as xs
+
+    if args.repeat < 1:
+        print("xsoftmax bench: --repeat must be at least 1", file=sys.stderr)
+        return 2
+    if args.plot:
+        try:  # fail before a minute of measuring, not after
+            import matplotlib  # noqa: F401
+        except ImportError:
+            print("xsoftmax bench: --plot needs matplotlib: pip install 'xsoftmax[plot]'", file=sys.stderr)
+            return 2
+
+    started = time.perf_counter()
+    status = xs.available_backends()
+    pairs, peers, skipped = plan(status, backends=args.backends, engines=args.engines, peers=args.peers)
+    if "float64" in args.dtype and ("jax" in peers or any(b == "jax" for b, _ in pairs)):
+        from .check import _enable_jax_float64
+
+        _enable_jax_float64()
+    units = [(shape, dtype, item) for shape in args.shapes for dtype in args.dtype
+             for item in [*pairs, *((None, p) for p in peers)]]
+    rows: list[Row] = []
+    floors: dict[tuple[str, tuple[int, int], str], _timing.Timing] = {}
+    with contextlib.ExitStack() as stack:
+        client = None
+        if any(b == "dask" for b, _ in pairs):
+            print(f"starting a Dask LocalCluster ({DASK_WORKERS} worker processes) ...", file=sys.stderr,
+                  flush=True)
+            client = stack.enter_context(dask_client())
+        for i, (shape, dtype, (backend, name)) in enumerate(units, 1):
+            label = (f"{backend} {name}" if backend else PEERS[name][1]) + f" {shape[0]}x{shape[1]} {dtype}"
+            try:
+                row = _measure_unit(backend, name, shape, dtype, floors, args=args, client=client)
+            except Exception as exc:  # one failing row (e.g. float16 a peer lacks) must not end the run
+                skipped.append(f"{label}: {type(exc).__name__}: {exc}")
+                _progress(i, len(units), label, f"  failed: {type(exc).__name__}: {exc}")
+                continue
+            rows.append(row)
+            _progress(i, len(units), label, f"  {row.median_ms:.2f} ms, {row.floor_ratio:.2f}x floor")
+
+    elapsed = time.perf_counter() - started
+    print_table(rows, floors, skipped, elapsed)
+    if args.json:
+        report = {
+            "machine": machine_info(status),
+            "options": {
+                "backends": args.backends, "engines": args.engines, "peers": peers,
+                "shapes": [f"{n}x{c}" for n, c in args.shapes], "dtype": args.dtype,
+                "repeat": args.repeat, "seed": args.seed,
+            },
+            "seconds": elapsed,
+            "rows": [{k: _finite_or_none(v) for k, v in vars(r).items()} for r in rows],
+            "floors": [
+                {"device": d, "shape": f"{s[0]}x{s[1]}", "dtype": t, "median_ms": f.median * 1e3,
+                 "spread_ms": f.spread * 1e3,
+                 "gbps": _timing.bandwidth_gbps(_timing.pass_bytes(s, np.dtype(t).itemsize), f.median)}
+                for (d, s, t), f in floors.items()
+            ],
+            "skipped": skipped,
+        }
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=2, allow_nan=False, default=_json_default)
+        print(f"wrote {args.json}")
+    if args.plot:
+        plot(rows, args.plot)
+        print(f"wrote {args.plot}")
+    return 0 if rows else 1
+
+
+def _measure_unit(backend: str | None, name: str, shape: tuple[int, int], dtype: str,
+                  floors: dict[tuple[str, tuple[int, int], str], _timing.Timing], *,
+                  args: argparse.Namespace, client: Any) -> Row:
+    """One row; its input buffers are freed on return, before the next row allocates."""
+    if backend is None:
+        case = make_peer(name, shape, dtype, seed=args.seed)
+    else:
+        case = make_case(backend, name, shape, dtype, seed=args.seed, client=client)
+    key = (case.device, shape, dtype)
+    if key not in floors:
+        floors[key] = floor(case.device, shape, dtype, repeat=max(args.repeat, 5), client=client)
+    return measure_case(case, shape, dtype, floors[key], repeat=args.repeat)
+
+
+def _finite_or_none(value: Any) -> Any:
+    """JSON has no inf/NaN: a non-finite error (a backend returned NaN) becomes null."""
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def _json_default(value: Any) -> Any:
+    raise TypeError(f"not JSON serialisable: {value!r}")
+
+
+def _fmt_bytes(n: int | None) -> str:
+    if n is None:
+        return "n/a"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def print_table(rows: list[Row], floors: dict, skipped: list[str], elapsed: float) -> None:
+    header = ("backend", "engine", "shape", "dtype", "median ms", "± iqr", "GB/s", "x floor", "max err",
+              "peak mem")
+    body = [
+        (r.backend, r.engine, r.shape, r.dtype, f"{r.median_ms:.2f}", f"{r.spread_ms:.2f}",
+         f"{r.gbps:.1f}", f"{r.floor_ratio:.2f}", f"{r.max_abs_err:.1e}", _fmt_bytes(r.peak_bytes))
+        for r in rows
+    ]
+    widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
+    numeric = set(range(4, len(header)))
+    fmt = lambda r: "  ".join(v.rjust(w) if i in numeric else v.ljust(w)  # noqa: E731
+                              for i, (v, w) in enumerate(zip(r, widths))).rstrip()
+    print(fmt(header))
+    print("  ".join("-" * w for w in widths))
+    for r in body:
+        print(fmt(r))
+    print()
+    for (device, shape, dtype), t in floors.items():
+        gbps = _timing.bandwidth_gbps(_timing.pass_bytes(shape, np.dtype(dtype).itemsize), t.median)
+        print(f"copy floor {device:<4} {shape[0]}x{shape[1]} {dtype}: {t.median * 1e3:.2f} ms ({gbps:.1f} GB/s)")
+    for line in skipped:
+        print(f"skipped {line}")
+    print(f"x floor = median time / time of a plain copy of the same bytes on the same device "
+          f"(1.0 = memory-bound optimum); {len(rows)} rows in {elapsed:.0f} s")
+
+
+def plot(rows: list[Row], path: str) -> None:
+    """PNG: GB/s against C (left) and the floor ratio against C (right), one line per backend/engine.
+
+    Both axes are logarithmic: implementations differ by orders of magnitude
+    and ratios read as equal distances. Copy floors are black, one line style
+    per device.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display needed
+    import matplotlib.pyplot as plt
+
+    several_dtypes = len({r.dtype for r in rows}) > 1
+    series: dict[str, list[tuple[int, float, float]]] = {}
+    floors: dict[tuple[str, str], set[tuple[int, float]]] = {}
+    for r in rows:
+        c = int(r.shape.split("x")[1])
+        label = f"{r.backend} {r.engine}" + (f" {r.dtype}" if several_dtypes else "")
+        series.setdefault(label, []).append((c, r.gbps, r.floor_ratio))
+        floors.setdefault((r.device, r.dtype), set()).add((c, r.floor_gbps))
+    fig, (bw, ratio) = plt.subplots(1, 2, figsize=(15, 5.5), layout="constrained")
+    for label, points in series.items():
+        cs, gbps, ratios = zip(*sorted(points))
+        bw.plot(cs, gbps, marker="o", label=label)
+        ratio.plot(cs, ratios, marker="o", label=label)
+    styles = {"cpu": "--", "cuda": "-.", "dask": ":"}
+    for (device, dtype), points in floors.items():
+        cs, gbps = zip(*sorted(points))
+        bw.plot(cs, gbps, linestyle=styles.get(device, "--"), color="black", marker="x",
+                label=f"copy floor ({device}{f' {dtype}' if several_dtypes else ''})")
+    ratio.axhline(1.0, color="black", linestyle="--")
+    for ax, ylabel in ((bw, "GB/s  (2·N·C·itemsize / median time)"),
+                       (ratio, "× floor  (time / time of a copy of the same bytes)")):
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("classes C")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, which="both", alpha=0.3)
+    bw.set_title("softmax_loss forward+backward: effective bandwidth")
+    ratio.set_title("distance from the memory floor (lower is better)")
+    fig.legend(*bw.get_legend_handles_labels(), loc="outside right upper", fontsize="small")
+    fig.savefig(path, format="png", dpi=100)
+    plt.close(fig)

@@ -1,0 +1,480 @@
+r"""``xsoftmax check``: prove every backend and engine on this machine gives the same answers.
+
+Each available backend × engine computes ``softmax_loss`` under every
+option combination (reduction × class weights × ``ignore_index`` × label
+smoothing), the primitives and the affine / ReLU layers with their backward
+passes, on random and adversarial inputs (logits of ±1e4, ``−inf`` masks,
+``N = 1``, ``C = 1``, float16). Every result is compared with a float64
+NumPy *oracle* written here from the definitions, independently of the
+library's own code (a broken reference engine must not be its own judge):
+
+.. math::
+
+    q_{ik} = v_i\, w_k \big((1 − ε) 1[k = y_i] + ε / C\big), \qquad
+    \text{row}_i = Σ_k q_{ik} (\operatorname{lse}(s_i) − s_{ik}), \qquad
+    ∂\text{row}_i/∂s_{ik} = (Σ_j q_{ij})\, p_{ik} − q_{ik},
+
+with ``v_i = 1[y_i ≠ ignore_index]``; "mean" divides both by
+``D = Σ_i v_i w_{y_i}``. A comparison passes when
+``|actual − oracle| ≤ atol · max(1, max|oracle|) + rtol · |oracle|`` with
+``(rtol, atol)`` set by the output dtype; matching infinities and NaNs count
+as equal. The exit status is 1 if anything fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "TOLERANCES",
+    "configure",
+    "engines_for",
+    "oracle_log_softmax",
+    "oracle_logsumexp",
+    "oracle_softmax_loss",
+    "run",
+]
+
+#: (rtol, atol) by output dtype name. Half precision is computed in float32
+#: and rounded once to the output, so its tolerance is a few half-ulps.
+TOLERANCES: dict[str, tuple[float, float]] = {
+    "float64": (1e-10, 1e-12),
+    "float32": (2e-5, 2e-6),
+    "float16": (4e-3, 1e-5),
+}
+
+REDUCTIONS = ("mean", "sum", "none")
+IGNORE = -100  # torch's default ignore_index: out of range, so engines must not index with it
+SMOOTHING = 0.1
+
+
+# --------------------------------------------------------------------------- oracle
+
+
+def _shift(s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(z, m, l)`` along the last axis: ``z = s − m``, ``l = log Σ exp z`` (``lse = m + l``).
+
+    Working with ``z`` keeps ``log p = z − l`` exact to float64 rounding even
+    for logits of 1e4, where ``s − lse`` would cancel ~12 digits. A row of
+    −inf has ``m`` reset to 0 so it gives ``l = −inf``, not NaN.
+    """
+    m = np.max(s, axis=-1, keepdims=True)
+    m = np.where(np.isfinite(m), m, 0.0)
+    z = s - m
+    with np.errstate(divide="ignore"):
+        return z, m, np.log(np.sum(np.exp(z), axis=-1, keepdims=True))
+
+
+def oracle_logsumexp(s: np.ndarray, axis: int = -1) -> np.ndarray:
+    _, m, l = _shift(np.moveaxis(np.asarray(s, np.float64), axis, -1))  # noqa: E741
+    return np.squeeze(m + l, -1)
+
+
+def oracle_log_softmax(s: np.ndarray, axis: int = -1) -> np.ndarray:
+    z, _, l = _shift(np.moveaxis(np.asarray(s, np.float64), axis, -1))  # noqa: E741
+    return np.moveaxis(z - l, -1, axis)
+
+
+def oracle_softmax_loss(
+    scores: Any,
+    y: Any,
+    *,
+    reduction: str = "mean",
+    weight: Any = None,
+    ignore_index: int | None = None,
+    label_smoothing: float = 0.0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Loss and ``∂loss/∂scores`` in float64, from the target distribution ``q`` (module doc)."""
+    s = np.asarray(scores, dtype=np.float64)
+    y = np.asarray(y)
+    n, c = s.shape
+    w = np.ones(c) if weight is None else np.asarray(weight, dtype=np.float64)
+    valid = np.ones(n, bool) if ignore_index is None else y != ignore_index
+    yv = np.where(valid, y, 0)
+    q = np.tile(w * (label_smoothing / c), (n, 1))
+    q[np.arange(n), yv] += (1.0 - label_smoothing) * w[yv]
+    q[~valid] = 0.0
+    z, _, l = _shift(s)  # noqa: E741
+    neg_log_p = l - z
+    with np.errstate(invalid="ignore"):
+        # q = 0 entries contribute nothing even where −log p = inf (masked logits).
+        rows = np.sum(np.where(q > 0, q * neg_log_p, 0.0), axis=1)
+    grad = np.sum(q, axis=1, keepdims=True) * np.exp(-neg_log_p) - q
+    if reduction == "none":
+        return rows, grad
+    if reduction == "sum":
+        return np.asarray(rows.sum()), grad
+    denom = np.sum(w[yv] * valid)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        loss = np.asarray(rows.sum() / denom)  # 0/0 = NaN when every row is ignored, as torch
+    return loss, (grad / denom if denom != 0 else grad)
+
+
+# --------------------------------------------------------------------------- comparison
+
+
+def compare(actual: Any, expected: np.ndarray, dtype: str) -> tuple[float, float]:
+    """``(max |actual − expected|, max err/tol)``; ``inf`` for a shape or non-finite mismatch."""
+    import xsoftmax as xs
+
+    a = xs.to_numpy(actual).astype(np.float64)
+    e = np.asarray(expected, dtype=np.float64)
+    if a.shape != e.shape:
+        return math.inf, math.inf
+    same_nonfinite = (np.isnan(a) & np.isnan(e)) | (np.isinf(e) & (a == e))
+    if np.any(~np.isfinite(a) & ~same_nonfinite) or np.any(~np.isfinite(e) & ~same_nonfinite):
+        return math.inf, math.inf
+    a, e = np.where(same_nonfinite, 0.0, a), np.where(same_nonfinite, 0.0, e)
+    if a.size == 0:
+        return 0.0, 0.0
+    rtol, atol = TOLERANCES[dtype]
+    err = np.abs(a - e)
+    tol = atol * max(1.0, float(np.max(np.abs(e)))) + rtol * np.abs(e)
+    return float(err.max()), float((err / tol).max())
+
+
+# --------------------------------------------------------------------------- cases
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """One input set: float64 values (cast to ``dtype`` on the backend) and labels."""
+
+    name: str
+    scores: np.ndarray
+    y: np.ndarray
+    dtype: str
+
+
+def loss_inputs(seed: int) -> list[Inputs]:
+    """Random and adversarial ``(scores, y)`` sets."""
+    rng = np.random.default_rng(seed)
+
+    def labels(n: int, c: int) -> np.ndarray:
+        return rng.integers(0, c, n)
+
+    rand = rng.standard_normal((8, 5)) * 3
+    big = rng.uniform(-1e4, 1e4, (8, 5))
+    big[:, 1] = big.max(axis=1) - 0.5  # two near-equal huge logits: p is not one-hot
+    masked = rng.standard_normal((8, 6))
+    y_masked = labels(8, 6)
+    mask = rng.random((8, 6)) < 0.4
+    mask[np.arange(8), y_masked] = False  # a masked target would make the loss inf
+    mask[0] = True
+    mask[0, y_masked[0]] = False  # a row where only the target survives
+    masked[mask] = -np.inf
+    sets = []
+    for dtype in ("float64", "float32"):
+        sets += [
+            Inputs("random", rand, labels(8, 5), dtype),
+            Inputs("logits ±1e4", big, labels(8, 5), dtype),
+            Inputs("-inf mask", masked, y_masked, dtype),
+            Inputs("N=1", rng.standard_normal((1, 7)), labels(1, 7), dtype),
+            Inputs("C=1", rng.standard_normal((6, 1)), np.zeros(6, np.int64), dtype),
+        ]
+    # float16 values are exact in float64, so the oracle sees what the backend sees.
+    half = (rng.standard_normal((8, 5)) * 4).astype(np.float16).astype(np.float64)
+    sets.append(Inputs("random", half, labels(8, 5), "float16"))
+    return sets
+
+
+def _with_ignored(y: np.ndarray) -> np.ndarray:
+    """Every third label replaced by the ignored one (row 0 stays, unless N = 1)."""
+    y = y.copy()
+    y[1::3] = IGNORE
+    if y.size == 1:
+        y[0] = IGNORE  # N = 1, all ignored: "mean" is 0/0
+    return y
+
+
+@dataclass
+class Tally:
+    """Worst result of one (backend, engine, group)."""
+
+    checks: int = 0
+    failures: list[str] = field(default_factory=list)
+    worst_err: float = 0.0
+    worst_ratio: float = 0.0
+    worst_case: str = ""
+
+    def add(self, case: str, err: float, ratio: float) -> None:
+        self.checks += 1
+        if not ratio <= 1.0:  # NaN ratios fail too
+            self.failures.append(f"{case}: err {err:.3g} ({ratio:.3g}× tol)")
+        if ratio >= self.worst_ratio or math.isnan(ratio):
+            self.worst_err, self.worst_ratio, self.worst_case = err, ratio, case
+
+    def crash(self, case: str, exc: BaseException) -> None:
+        self.checks += 1
+        self.failures.append(f"{case}: raised {type(exc).__name__}: {exc}")
+        self.worst_err = self.worst_ratio = math.inf
+        self.worst_case = case
+
+
+def engines_for(backend: str) -> list[str]:
+    """``reference`` always, ``fused`` where the backend has a fused engine."""
+    from ._engines import FUSED
+
+    return ["reference"] + (["fused"] if backend in FUSED else [])
+
+
+def _has_dtype(backend: str, dtype: str) -> bool:
+    from ._backend import get_namespace
+
+    return hasattr(get_namespace(backend), dtype)
+
+
+def _on(backend: str, values: np.ndarray, dtype: str | None = None) -> Any:
+    import xsoftmax as xs
+
+    return xs.asarray(values, backend=backend, dtype=dtype)
+
+
+def _run_checks(
+    tally: Tally, backend: str, checks: Iterator[tuple[str, str, Callable[[], Any], np.ndarray]]
+) -> None:
+    """Run ``(case, dtype, compute, expected)`` items, recording errors and crashes.
+
+    Each output must be an array of ``backend`` with the inputs' dtype before
+    its values are compared: a right number in the wrong place fails too.
+    """
+    from ._backend import array_namespace, backend_name
+
+    for case, dtype, compute, expected in checks:
+        try:
+            # The inputs are adversarial on purpose (inf − inf, 0/0 when every
+            # row is ignored); the comparison judges the values, not the warnings.
+            with warnings.catch_warnings(), np.errstate(all="ignore"):
+                warnings.simplefilter("ignore", RuntimeWarning)
+                actual = compute()
+            got = backend_name(array_namespace(actual, names=("output",)))
+            if got != backend:
+                raise TypeError(f"output is a {got} array, expected a {backend} array")
+            if _dtype_of(actual) != dtype:
+                raise TypeError(f"output has dtype {_dtype_of(actual)}, expected {dtype}")
+        except Exception as exc:  # a crash is a failure of that case, not of the run
+            tally.crash(case, exc)
+            continue
+        tally.add(case, *compare(actual, expected, dtype))
+
+
+def _dtype_of(actual: Any) -> str:
+    return str(actual.dtype).rsplit(".", 1)[-1]
+
+
+def loss_checks(backend: str, engine: str, seed: int) -> Iterator[tuple[str, str, Callable[[], Any], np.ndarray]]:
+    import xsoftmax as xs
+
+    for inp in loss_inputs(seed):
+        if not _has_dtype(backend, inp.dtype):
+            continue
+        n, c = inp.scores.shape
+        s = _on(backend, inp.scores, inp.dtype)
+        host = xs.to_numpy(s).astype(np.float64)
+        weight_values = np.random.default_rng(seed + c).uniform(0.5, 2.0, c)
+        for reduction in REDUCTIONS:
+            for weighted in (False, True):
+                for ignore_index in (None, IGNORE):
+                    for smoothing in (0.0, SMOOTHING):
+                        y = inp.y if ignore_index is None else _with_ignored(inp.y)
+                        wv = weight_values if weighted else None
+                        options = dict(
+                            reduction=reduction, ignore_index=ignore_index, label_smoothing=smoothing
+                        )
+                        want = oracle_softmax_loss(host, y, weight=wv, **options)
+                        case = (
+                            f"{inp.name} {inp.dtype} {n}x{c} reduction={reduction}"
+                            f"{' weight' if weighted else ''}"
+                            f"{' ignore_index' if ignore_index is not None else ''}"
+                            f"{f' smoothing={smoothing}' if smoothing else ''}"
+                        )
+                        yb = _on(backend, y)
+                        wb = None if wv is None else _on(backend, wv, inp.dtype)
+
+                        def both(s=s, yb=yb, wb=wb, options=options) -> Any:
+                            return xs.softmax_loss(s, yb, weight=wb, engine=engine, **options)
+
+                        yield from _pair(case, inp.dtype, both, want)
+
+
+def _pair(case: str, dtype: str, compute: Callable[[], Any], want: tuple[np.ndarray, ...]):
+    """One check per output of a multi-output function, computing it once."""
+    cached: list[Any] = []
+
+    def output(i: int) -> Callable[[], Any]:
+        def get() -> Any:
+            if not cached:
+                cached.append(compute())
+            return cached[0][i]
+
+        return get
+
+    for i, expected in enumerate(want):
+        yield f"{case} [output {i}]", dtype, output(i), expected
+
+
+def primitive_checks(backend: str, seed: int) -> Iterator[tuple[str, str, Callable[[], Any], np.ndarray]]:
+    import xsoftmax as xs
+
+    fns = {
+        "logsumexp": (xs.logsumexp, oracle_logsumexp),
+        "softmax": (xs.softmax, lambda s, axis: np.exp(oracle_log_softmax(s, axis))),
+        "log_softmax": (xs.log_softmax, oracle_log_softmax),
+    }
+    for inp in loss_inputs(seed):
+        if not _has_dtype(backend, inp.dtype):
+            continue
+        s = _on(backend, inp.scores, inp.dtype)
+        host = xs.to_numpy(s).astype(np.float64)
+        for name, (fn, oracle) in fns.items():
+            for axis in (-1, 0):
+                case = f"{name} axis={axis} {inp.name} {inp.dtype} {inp.scores.shape[0]}x{inp.scores.shape[1]}"
+                yield from _pair(case, inp.dtype, lambda fn=fn, axis=axis, s=s: (fn(s, axis=axis),),
+                                 (oracle(host, axis),))
+
+
+def layer_checks(backend: str, seed: int) -> Iterator[tuple[str, str, Callable[[], Any], np.ndarray]]:
+    """Affine / ReLU forward and backward against their float64 formulas."""
+    import xsoftmax as xs
+
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((4, 3, 2))
+    x[0, 0, 0] = 0.0  # ReLU at exactly 0: subgradient 0
+    w = rng.standard_normal((6, 5))
+    b = rng.standard_normal(5)
+    dout = rng.standard_normal((4, 5))
+    for dtype in ("float64", "float32"):
+        xb, wb, bb, db = (_on(backend, v, dtype) for v in (x, w, b, dout))
+        hx, hw, hb, hd = (xs.to_numpy(v).astype(np.float64) for v in (xb, wb, bb, db))
+        x2 = hx.reshape(4, 6)
+        a = x2 @ hw + hb
+        active = a > 0
+        da = hd * active
+        tag = f"{dtype} x{hx.shape}"
+        yield from _pair(f"affine_forward {tag}", dtype, lambda: (xs.affine_forward(xb, wb, bb)[0],), (a,))
+        yield from _pair(
+            f"affine_backward {tag}", dtype,
+            lambda: xs.affine_backward(db, xs.affine_forward(xb, wb, bb)[1]),
+            ((hd @ hw.T).reshape(hx.shape), x2.T @ hd, hd.sum(0)),
+        )
+        yield from _pair(f"relu_forward {tag}", dtype, lambda: (xs.relu_forward(xb)[0],), (np.maximum(hx, 0),))
+        yield from _pair(
+            f"relu_backward {tag}", dtype,
+            lambda: (xs.relu_backward(xb, xs.relu_forward(xb)[1]),), (hx * (hx > 0),),
+        )
+        yield from _pair(
+            f"affine_relu_forward {tag}", dtype, lambda: (xs.affine_relu_forward(xb, wb, bb)[0],), (a * active,)
+        )
+        yield from _pair(
+            f"affine_relu_backward {tag}", dtype,
+            lambda: xs.affine_relu_backward(db, xs.affine_relu_forward(xb, wb, bb)[1]),
+            ((da @ hw.T).reshape(hx.shape), x2.T @ da, da.sum(0)),
+        )
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--backends",
+        help="comma-separated backends to check (default: every available one)",
+    )
+    parser.add_argument(
+        "--engines",
+        help="comma-separated engines: reference, fused (default: every engine of each backend)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default: 0)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="list every failing case")
+
+
+def _split(value: str | None) -> list[str] | None:
+    return None if value is None else [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _enable_jax_float64() -> None:
+    """JAX silently computes float64 inputs in float32 unless x64 is on."""
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+
+
+def run(args: argparse.Namespace) -> int:
+    import xsoftmax as xs
+    from ._backend import BACKENDS
+
+    status = xs.available_backends()
+    wanted = _split(args.backends)
+    unknown = [b for b in wanted or () if b not in BACKENDS]
+    if unknown:
+        print(f"xsoftmax check: unknown backend(s) {', '.join(unknown)}; known: {', '.join(BACKENDS)}",
+              file=sys.stderr)
+        return 2
+    engines = _split(args.engines)
+    if engines is not None and not set(engines) <= {"reference", "fused"}:
+        print(f"xsoftmax check: --engines must list reference and/or fused, got {args.engines}",
+              file=sys.stderr)
+        return 2
+
+    tallies: dict[tuple[str, str, str], Tally] = {}
+    skipped: list[str] = []
+    for backend in wanted or BACKENDS:
+        if status[backend] != "ok":
+            skipped.append(f"{backend}: {status[backend]}")
+            continue
+        if backend == "jax":
+            _enable_jax_float64()
+        print(f"checking {backend} ...", file=sys.stderr, flush=True)
+        for engine in engines_for(backend):
+            if engines is not None and engine not in engines:
+                continue
+            tally = tallies.setdefault((backend, engine, "softmax_loss"), Tally())
+            _run_checks(tally, backend, loss_checks(backend, engine, args.seed))
+        for group, checks in (("primitives", primitive_checks), ("layers", layer_checks)):
+            _run_checks(tallies.setdefault((backend, "-", group), Tally()), backend, checks(backend, args.seed))
+        skipped += [f"{backend} {dtype} inputs: the namespace has no {dtype}"
+                    for dtype in TOLERANCES if not _has_dtype(backend, dtype)]
+
+    _print_table(tallies, skipped, verbose=args.verbose)
+    if not tallies:
+        print("xsoftmax check: nothing was checked", file=sys.stderr)
+        return 1
+    return 1 if any(t.failures for t in tallies.values()) else 0
+
+
+def _print_table(tallies: dict[tuple[str, str, str], Tally], skipped: list[str], *, verbose: bool) -> None:
+    header = ("backend", "engine", "checks", "worst |err|", "err/tol", "status", "worst case")
+    rows = [
+        (
+            backend,
+            engine if group == "softmax_loss" else f"({group})",
+            str(t.checks),
+            f"{t.worst_err:.2e}",
+            f"{t.worst_ratio:.3f}",
+            "PASS" if not t.failures else f"FAIL ({len(t.failures)})",
+            t.worst_case,
+        )
+        for (backend, engine, group), t in tallies.items()
+    ]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for r in [header, *rows]:
+        print("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
+    for (backend, engine, group), t in tallies.items():
+        limit = None if verbose else 5
+        for line in t.failures[:limit]:
+            print(f"FAIL {backend}/{engine}/{group}: {line}")
+        if limit is not None and len(t.failures) > limit:
+            print(f"     ... {len(t.failures) - limit} more (use -v)")
+    for line in skipped:
+        print(f"skipped {line}")
+    failed = sum(len(t.failures) for t in tallies.values())
+    total = sum(t.checks for t in tallies.values())
+    print(f"{total - failed}/{total} checks passed" + ("" if failed == 0 else f"; {failed} FAILED"))
