@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import math
+
 import numpy as np
 import array_api_compat as compat
 
@@ -49,10 +52,6 @@ def assert_close(actual, expected, xp, *, dtype=None, rtol=None, atol=None, like
 # so that they share no code and no vectorised trick with xsoftmax.
 # ---------------------------------------------------------------------------
 
-import contextlib  # noqa: E402
-import math  # noqa: E402
-
-
 def ref_logsumexp(x, axis=-1, keepdims=False):
     """``log Σ exp`` in float64 with the max shift; an all −inf slice gives −inf."""
     x = np.asarray(x, dtype=np.float64)
@@ -79,7 +78,8 @@ def _row_neg_log_probs(row):
     m = max(row)
     if not math.isfinite(m):
         m = 0.0
-    lse = m + math.log(sum(math.exp(v - m) for v in row))
+    total = sum(math.exp(v - m) for v in row)
+    lse = m + math.log(total) if total > 0 else -math.inf  # every class masked: NaN below
     return [lse - v for v in row], [math.exp(v - lse) for v in row]
 
 

@@ -281,24 +281,31 @@ def test_inputs_are_not_modified():
     assert np.array_equal(s, s_copy)
 
 
-def test_each_block_runs_the_numpy_engine_once(monkeypatch):
+@pytest.mark.parametrize("env_threads", [None, "3"])
+def test_each_block_runs_the_numpy_engine_once(monkeypatch, env_threads):
     # NumPy-backed chunks go to the fused NumPy engine (not the generic code),
-    # one call per row block, with the per-row reduction the combine step needs.
+    # one call per row block, with the per-row reduction the combine step
+    # needs, on one thread unless XSOFTMAX_NUM_THREADS says otherwise.
     import xsoftmax._engines.numpy as numpy_engine
 
     calls = []
     original = numpy_engine.softmax_loss
 
-    def recording(inp, *, out=None):
-        calls.append((type(inp.scores), inp.scores.shape, inp.reduction))
-        return original(inp, out=out)
+    def recording(inp, *, out=None, num_threads=None):
+        calls.append((type(inp.scores), inp.scores.shape, inp.reduction, num_threads))
+        return original(inp, out=out, num_threads=num_threads)
 
     monkeypatch.setattr(numpy_engine, "softmax_loss", recording)
+    if env_threads is None:
+        monkeypatch.delenv(numpy_engine.NUM_THREADS_ENV, raising=False)
+    else:
+        monkeypatch.setenv(numpy_engine.NUM_THREADS_ENV, env_threads)
     s, y = _data(4)
     loss, d = xs.softmax_loss(*_to_dask(s, y), label_smoothing=0.1)
     assert not calls  # lazy
     dask.compute(loss, d, scheduler="threads")
-    assert sorted(calls, key=str) == [(np.ndarray, (ROWS, C), "none")] * 4
+    threads = 1 if env_threads is None else None  # None: the engine reads the variable
+    assert sorted(calls, key=str) == [(np.ndarray, (ROWS, C), "none", threads)] * 4
 
 
 @pytest.mark.gpu

@@ -21,6 +21,12 @@ from xsoftmax._validate import check_loss_inputs
 
 from _helpers import TOLERANCES
 
+# The reference engine warns on NaN rows (0/0, log 0); this engine does not
+# (test_no_warnings), so those warnings only come from the comparisons.
+pytestmark = pytest.mark.filterwarnings(
+    "ignore::RuntimeWarning:xsoftmax._softmax|xsoftmax._reduction"
+)
+
 OPTIONS = [
     {},
     {"reduction": "sum"},
@@ -192,6 +198,21 @@ def test_zero_weight_mean_is_nan_like_the_reference():
     np.testing.assert_array_equal(loss, ref_loss)
     np.testing.assert_array_equal(d, ref_d)
     assert np.isnan(loss) and np.all(d[y == 2] == 0)
+
+
+@pytest.mark.filterwarnings("error")
+@pytest.mark.parametrize("c", [5, 100])
+def test_no_warnings(c):
+    """NaN rows (all −inf, NaN logits) and "mean" over no rows are results, not warnings."""
+    for opts in OPTIONS:
+        scores, y, kw = _problem(12, c, opts=opts, seed=14)
+        scores[2] = -np.inf
+        scores[3, 0] = np.nan
+        scores[4, 1] = np.inf
+        _run(scores, y, num_threads=2, block_rows=5, **kw)
+        _run(scores.astype(np.float16), y, num_threads=2, block_rows=5, **kw)
+    y[:] = 1
+    _run(scores, y, ignore_index=1)
 
 
 def test_every_row_ignored():

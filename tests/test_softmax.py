@@ -46,12 +46,12 @@ def _scores(seed=0):
     return np.random.default_rng(seed).standard_normal((N, C)) * 2.0
 
 
-def _check(xp, scores, y, *, dtype=None, rtol=None, atol=None, **kw):
+def _check(xp, scores, y, *, dtype=None, rtol=None, atol=None, engine="auto", **kw):
     """Run softmax_loss on ``xp`` and compare with the loop reference and torch."""
     s = on(xp, scores, dtype)
     weight = kw.pop("weight", None)
     w = None if weight is None else on(xp, weight, s.dtype)
-    loss, d = xs.softmax_loss(s, on(xp, y), weight=w, **kw)
+    loss, d = xs.softmax_loss(s, on(xp, y), weight=w, engine=engine, **kw)
     ref_loss, ref_d = ref_softmax_loss(scores, y, weight=weight, **kw)
     assert_close(loss, ref_loss, xp, dtype=s.dtype, like=s, rtol=rtol, atol=atol)
     assert_close(d, ref_d, xp, dtype=s.dtype, like=s, rtol=rtol, atol=atol)
@@ -67,8 +67,14 @@ def _check(xp, scores, y, *, dtype=None, rtol=None, atol=None, **kw):
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 def test_every_option_combination(xp, reduction):
-    """reduction × weight × ignore_index (None, inside [0, C), -100) × label_smoothing."""
-    for use_weight, ignore_index, eps in itertools.product((False, True), IGNORES, SMOOTHINGS):
+    """reduction × weight × ignore_index (None, inside [0, C), -100) × label_smoothing.
+
+    Where "auto" picks a backend's fused engine, the generic engine is checked too.
+    """
+    engines = ("auto", "reference") if backend_name(xp) in FUSED else ("auto",)
+    for engine, use_weight, ignore_index, eps in itertools.product(
+        engines, (False, True), IGNORES, SMOOTHINGS
+    ):
         _check(
             xp,
             _scores(),
@@ -77,6 +83,7 @@ def test_every_option_combination(xp, reduction):
             weight=WEIGHT if use_weight else None,
             ignore_index=ignore_index,
             label_smoothing=eps,
+            engine=engine,
         )
 
 
@@ -111,18 +118,16 @@ def test_all_rows_ignored(xp, use_weight, eps):
             s, on(xp, y), reduction=reduction, weight=w, ignore_index=-100, label_smoothing=eps
         )
         loss, d = xs.to_numpy(loss), xs.to_numpy(d)
-        t_loss, t_d = torch_cross_entropy(
-            scores, y, reduction=reduction, weight=weight, ignore_index=-100, label_smoothing=eps
-        ) if have_torch() else ref_softmax_loss(
-            scores, y, reduction=reduction, weight=weight, ignore_index=-100, label_smoothing=eps
-        )
-        if reduction == "mean":
-            assert np.isnan(loss) and np.isnan(t_loss)
-        else:
-            np.testing.assert_array_equal(loss, 0.0)
-            np.testing.assert_array_equal(t_loss, 0.0)
-        np.testing.assert_array_equal(t_d, 0.0)
-        np.testing.assert_array_equal(d, 0.0)
+        opts = dict(reduction=reduction, weight=weight, ignore_index=-100, label_smoothing=eps)
+        outside = [ref_softmax_loss(scores, y, **opts)]
+        if have_torch():
+            outside.append(torch_cross_entropy(scores, y, **opts))
+        for any_loss, any_d in [(loss, d), *outside]:  # ours, the loop reference, torch
+            if reduction == "mean":
+                assert np.isnan(any_loss)
+            else:
+                np.testing.assert_array_equal(any_loss, 0.0)
+            np.testing.assert_array_equal(any_d, 0.0)
 
 
 def test_zero_weight_classes_only_mean_is_nan_like_torch(xp):
@@ -179,6 +184,17 @@ def test_minus_inf_on_target_is_inf_like_torch(xp):
     loss, d = _check(xp, scores, y, reduction="none")
     assert np.isposinf(xs.to_numpy(loss)[0])
     assert np.all(np.isfinite(xs.to_numpy(d)))
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # log(0), −inf − (−inf): NaN is the answer
+def test_fully_masked_row_is_nan_like_torch(xp):
+    """A row with every class at −inf has no possible class: NaN loss and gradient (torch too);
+    the other rows are untouched."""
+    scores = np.array([[-np.inf, -np.inf, -np.inf], [1.0, 2.0, 3.0]])
+    y = np.array([1, 0])
+    loss, d = _check(xp, scores, y, reduction="none")
+    assert np.isnan(xs.to_numpy(loss)[0]) and np.all(np.isnan(xs.to_numpy(d)[0]))
+    assert np.all(np.isfinite(xs.to_numpy(d)[1]))
 
 
 def test_minus_inf_with_label_smoothing_is_inf_like_torch(xp):
@@ -345,7 +361,7 @@ def test_dask_stays_lazy_and_matches():
     da = pytest.importorskip("dask.array")
     scores, y = make_problem(np.random.default_rng(16), 20, 6, ignore_index=-100, n_ignored=3)
     weight = np.linspace(0.5, 2.0, 6)
-    s = da.from_array(scores, chunks=(7, 6))
+    s = da.from_array(scores, chunks=(7, 4))  # 3 row blocks, 2 column blocks
     yy = da.from_array(y, chunks=7)
     w = da.from_array(weight, chunks=6)
     results = []

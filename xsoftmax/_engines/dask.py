@@ -34,16 +34,24 @@ code on Dask arrays.
 Inside a task the chunk is a concrete array, and the engine for its own type
 is chosen there (:func:`xsoftmax._engines.select_engine` with "auto"): the
 fused NumPy engine on CPU chunks, the CuPy engine on CuPy-backed chunks
-(dask-cuda), the reference code for any other chunk type.
+(dask-cuda), the reference code for any other chunk type. The NumPy engine
+runs on one thread per task: Dask already runs one task per core, and its
+own threads on top oversubscribe the cores (the Dask nanny sets
+``OMP_NUM_THREADS=1`` on workers for the same reason). On a 2-core machine
+with two 1-thread workers this took the issue's 262144×1024 step from about
+1.3 s to 0.7 s (median). ``XSOFTMAX_NUM_THREADS`` set on the workers
+overrides it.
 """
 
 from __future__ import annotations
 
+import functools
 import operator
+import os
 import warnings
 from typing import Any
 
-from .._backend import array_namespace
+from .._backend import array_namespace, backend_name
 from .._dtypes import compute_dtype
 from .._reduction import row_coefficients
 from .._typing import Array, DType
@@ -205,8 +213,6 @@ def _block_kernel(
     (module docstring). ``extra`` holds the weight block (if any), then the
     0-d ``D`` (for "mean").
     """
-    from . import select_engine
-
     xp = array_namespace(s)
     # Labels or weights backed by another chunk type (NumPy next to CuPy
     # scores) follow the scores onto their device.
@@ -222,9 +228,11 @@ def _block_kernel(
         if float(denom) != 0.0:
             w = w / denom
         else:
-            # Every row ignored (or weighted 0): the reference's row scale
-            # where(v_i, 1/D, 0) gives ignored rows an exact 0 gradient and
-            # the loss 0/0 = NaN (_finish_mean), as in PyTorch.
+            # D = 0 (every row ignored, or only zero-weight classes present):
+            # 1/D cannot be folded into w, so the reference's row scale
+            # where(v_i, 1/D, 0) is applied after the call: ignored rows keep
+            # an exact 0 gradient, the others become NaN, and the loss is
+            # 0/0 = NaN (_finish_mean), as in the reference and PyTorch.
             valid = row_coefficients(
                 xp,
                 y,
@@ -236,11 +244,28 @@ def _block_kernel(
                 dtype=compute_dtype,
             ).valid
             scale_after = xp.where(valid, 1.0 / denom, xp.zeros_like(denom))
-    engine = select_engine(xp, "auto")
+    engine = _chunk_engine(xp)
     rows, d = engine(LossInputs(xp, s, y, w, ignore_index, label_smoothing, "none", False))
     if scale_after is not None:
         d = xp.astype(xp.astype(d, compute_dtype) * xp.expand_dims(scale_after, axis=1), s.dtype)
     return d, rows
+
+
+def _chunk_engine(xp: Any) -> Any:
+    """The "auto" engine of the chunk's namespace; the NumPy engine on one thread.
+
+    See the module docstring for why one thread; an explicit
+    ``XSOFTMAX_NUM_THREADS`` on the worker wins.
+    """
+    from . import select_engine
+
+    engine = select_engine(xp, "auto")
+    if backend_name(xp) == "numpy":
+        from . import numpy as numpy_engine
+
+        if engine is numpy_engine.softmax_loss and numpy_engine.NUM_THREADS_ENV not in os.environ:
+            return functools.partial(engine, num_threads=1)
+    return engine
 
 
 def _finish_mean(total: Array, denom: Array) -> Array:

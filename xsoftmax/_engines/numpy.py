@@ -1,9 +1,11 @@
 r"""The NumPy engine: softmax cross-entropy, forward and backward, in cache-sized blocks.
 
-The rows of the ``(N, C)`` scores are cut into blocks that fit in a core's
-L2 cache, and the blocks are shared out among threads (NumPy releases the
-GIL inside its loops). For one block, in the notation of
-:mod:`xsoftmax._reduction`:
+The rows of the ``(N, C)`` scores are cut into *tasks* of up to a few
+thousand rows, shared out among threads (NumPy releases the GIL inside its
+loops). A task computes its rows' coefficients and row losses once, and
+makes its passes over the ``(rows, C)`` data one cache *block* at a time,
+each block small enough to stay in a core's L2 cache. For one block, in the
+notation of :mod:`xsoftmax._reduction`:
 
 1. ``z_i ← s_i`` (float16 widened to float32)             reads ``s`` from memory
 2. ``m_i = max_k z_ik`` (0 when not finite); ``z_ik −= m_i``
@@ -63,9 +65,10 @@ NUM_THREADS_ENV = "XSOFTMAX_NUM_THREADS"
 #: for the row vectors.
 BLOCK_BYTES = 512 * 1024
 
-#: Most rows per block. Each row also carries ~40 bytes of row vectors
-#: (labels, m, t, l, coefficients); for C = 10 that is as much as the row
-#: itself, and this bound keeps it to a few percent of the gradient.
+#: Most rows per block and per task. Each row of a task also carries ~40
+#: bytes of row vectors (labels, t, l, coefficients); for C = 10 that is as
+#: much as the row itself, and this bound keeps it to a few percent of the
+#: gradient.
 MAX_BLOCK_ROWS = 8192
 
 #: Classes up to which per-row reductions are column folds (measured
@@ -98,7 +101,7 @@ def _positive(value: Any, name: str) -> int:
 
 
 class _Problem(NamedTuple):
-    """What every block reads (shared, read-only) and where it writes."""
+    """What every task reads (shared, read-only) and where it writes."""
 
     xp: ArrayNamespace
     scores: np.ndarray  # (N, C), any layout; written only when it is `out`
@@ -227,10 +230,10 @@ def _denominator(xp, y, weight, c, ignore_index, cdt) -> Any:
 class _ChunkSums:
     """``Σ_i rows_i`` as ``Σ_j (Σ_{i ∈ chunk j} rows_i)`` over fixed chunks of rows.
 
-    Blocks hand in their row losses; a chunk inside one block is summed at
-    once, a chunk cut by a block boundary is assembled first. Either way each
+    Tasks hand in their row losses; a chunk inside one task is summed at
+    once, a chunk cut by a task boundary is assembled first. Either way each
     chunk is one ``np.add.reduce`` of the same contiguous values, so the
-    total does not depend on the blocks.
+    total does not depend on the tasks.
     """
 
     def __init__(self, n: int, dtype: np.dtype) -> None:
@@ -265,7 +268,7 @@ class _ChunkSums:
 
 
 class _Scratch:
-    """One thread's block buffers, allocated once per call and reused by its blocks."""
+    """One thread's block buffers, allocated once per call and reused by its tasks."""
 
     def __init__(self, p: _Problem) -> None:
         shape = (p.block_rows, p.out.shape[1])
@@ -276,6 +279,7 @@ class _Scratch:
         self.tmp = np.empty(shape, dtype=p.cdt) if weighted_smoothing else None
         #: flat index of the first element of each row of a block
         self.row_start = np.arange(0, shape[0] * shape[1], shape[1], dtype=np.intp)
+        self.vec = np.empty(shape[0], dtype=p.cdt)  # m, then Σ_k e_ik
 
 
 def _coefficients(p: _Problem, r0: int, r1: int) -> RowCoefficients:
@@ -304,68 +308,94 @@ def _coefficients(p: _Problem, r0: int, r1: int) -> RowCoefficients:
     return coef._replace(a=a, b=b, c=c)
 
 
-def _block(p: _Problem, r0: int, r1: int, scratch: _Scratch) -> None:
-    """Steps 1–5 of the module docstring for rows ``r0:r1``."""
-    n, c = r1 - r0, p.out.shape[1]
-    s = p.scores[r0:r1]
+def _task(p: _Problem, r0: int, r1: int, scratch: _Scratch) -> None:
+    """Rows ``r0:r1``: coefficients and row losses once, the ``(n, C)`` passes by cache block.
+
+    Wide rows make cache blocks of one to a few rows; the row-vector work
+    (a dozen small NumPy calls) is done once per task, not once per block.
+    """
     coef = _coefficients(p, r0, r1)
-    z = p.out[r0:r1] if p.direct else scratch.work[:n]
+    labels = np.where(coef.valid, p.y[r0:r1], 0).astype(np.intp)  # ignored rows: any class
+    n = r1 - r0
+    t = np.empty(n, dtype=p.cdt)
+    l = np.empty(n, dtype=p.cdt)  # noqa: E741 (the l of the docstring)
+    u = np.empty(n, dtype=p.cdt) if p.label_smoothing else None
+    for b0 in range(0, n, p.block_rows):
+        rows = slice(b0, min(b0 + p.block_rows, n))
+        _block(p, r0 + b0, coef, rows, labels[rows], t[rows], l[rows], u, scratch)
+    losses = row_loss(p.xp, coef, l, t, u)
+    if p.row_losses is not None:
+        p.row_losses[r0:r1] = losses
+    else:
+        p.sums.add(r0, losses)
+
+
+def _block(
+    p: _Problem,
+    start: int,
+    coef: RowCoefficients,
+    rows: slice,
+    labels: np.ndarray,
+    t: np.ndarray,
+    l: np.ndarray,  # noqa: E741 (the l of the docstring)
+    u: np.ndarray | None,
+    scratch: _Scratch,
+) -> None:
+    """Steps 1–5 of the module docstring for the rows ``start : start + len(t)``.
+
+    ``coef``, ``u`` cover the whole task and ``rows`` selects this block's
+    part; ``t``, ``l`` (and ``u[rows]``) receive the block's row values.
+    """
+    n = len(t)
+    s = p.scores[start : start + n]
+    z = p.out[start : start + n] if p.direct else scratch.work[:n]
     # Copy first (also the float16 -> float32 cast): one streaming read and
     # write, after which the max and the subtraction run in cache. Measured
     # 10-20% faster than a max over `s` followed by `z = s - m`.
     if not p.in_place:
         np.copyto(z, s)
-    m = _row_reduce(np.maximum, z)
+    m = _row_reduce(np.maximum, z, scratch.vec[:n])
     _finite_or_zero(m)
     np.subtract(z, m[:, None], out=z)
 
     flat = z.reshape(-1)  # a view: z is C-contiguous
-    labels = np.where(coef.valid, p.y[r0:r1], 0).astype(np.intp)  # ignored rows: any class
     target = scratch.row_start[:n] + labels
-    t = flat[target]
-    u = None
-    if p.label_smoothing:
+    np.take(flat, target, out=t)
+    if u is not None:
         if p.weight is None:
-            u = _row_reduce(np.add, z)
+            _row_reduce(np.add, z, u[rows])
         else:
             wz = scratch.tmp[:n]
             np.multiply(z, p.weight, out=wz)
-            u = _row_reduce(np.add, wz)
+            _row_reduce(np.add, wz, u[rows])
 
     np.exp(z, out=z)
-    se = _row_reduce(np.add, z)
-    l = np.log(se)  # noqa: E741 (the l of the docstring)
-    np.multiply(z, (coef.c / se)[:, None], out=z)
-    flat[target] -= coef.a  # one target per row: no index repeats
+    se = _row_reduce(np.add, z, scratch.vec[:n])
+    np.log(se, out=l)
+    np.multiply(z, (coef.c[rows] / se)[:, None], out=z)
+    flat[target] -= coef.a[rows]  # one target per row: no index repeats
     if coef.b is not None:
         if p.weight is None:
-            np.subtract(z, coef.b[:, None], out=z)
+            np.subtract(z, coef.b[rows, None], out=z)
         else:
             bw = scratch.tmp[:n]
-            np.multiply(coef.b[:, None], p.weight, out=bw)
+            np.multiply(coef.b[rows, None], p.weight, out=bw)
             np.subtract(z, bw, out=z)
     if not p.direct:
-        np.copyto(p.out[r0:r1], z)
-
-    rows = row_loss(p.xp, coef, l, t, u)
-    if p.row_losses is not None:
-        p.row_losses[r0:r1] = rows
-    else:
-        p.sums.add(r0, rows)
+        np.copyto(p.out[start : start + n], z)
 
 
-def _row_reduce(op: np.ufunc, a: np.ndarray) -> np.ndarray:
-    """``op`` over each row of ``a`` (shape ``(n, C)``), in an order that ignores ``n``.
+def _row_reduce(op: np.ufunc, a: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """``out_i = op`` over row ``i`` of ``a`` (shape ``(n, C)``), in an order that ignores ``n``.
 
     Long rows: ``op.reduce`` along the class axis. Short rows (``C ≤
     SMALL_C``): the columns are folded, ``C − 1`` strided vector operations
     of length ``n`` in the fixed order ``((a_0 op a_1) op a_2) …``.
     """
-    n, c = a.shape
-    if c > SMALL_C:
-        return op.reduce(a, axis=1)
-    out = np.array(a[:, 0])  # a copy, also for C = 1
-    for k in range(1, c):
+    if a.shape[1] > SMALL_C:
+        return op.reduce(a, axis=1, out=out)
+    np.copyto(out, a[:, 0])
+    for k in range(1, a.shape[1]):
         op(out, a[:, k], out=out)
     return out
 
@@ -406,12 +436,20 @@ def _executor(workers: int) -> ThreadPoolExecutor:
         return _pool
 
 
+def _task_rows(n: int, block_rows: int, threads: int) -> int:
+    """Rows per task: whole blocks, at most ~MAX_BLOCK_ROWS, and 4+ tasks per thread."""
+    per_thread = -(-n // (4 * threads))
+    blocks = max(1, min(per_thread, MAX_BLOCK_ROWS) // block_rows)
+    return blocks * block_rows
+
+
 def _run_blocks(p: _Problem, threads: int) -> None:
-    """Run :func:`_block` over all blocks on up to ``threads`` threads, the caller's included."""
+    """Run :func:`_task` over all rows on up to ``threads`` threads, the caller's included."""
     n = p.out.shape[0]
-    starts = range(0, n, p.block_rows)
+    step = _task_rows(n, p.block_rows, threads)
+    starts = range(0, n, step)
     threads = min(threads, len(starts))
-    blocks: Iterator[int] = iter(starts)
+    tasks: Iterator[int] = iter(starts)
     lock = threading.Lock()
 
     def work() -> None:
@@ -424,10 +462,10 @@ def _run_blocks(p: _Problem, threads: int) -> None:
             with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
                 while True:
                     with lock:
-                        r0 = next(blocks, None)
+                        r0 = next(tasks, None)
                     if r0 is None:
                         return
-                    _block(p, r0, min(r0 + p.block_rows, n), scratch)
+                    _task(p, r0, min(r0 + step, n), scratch)
         finally:
             if old_bufsize is not None:
                 np.setbufsize(old_bufsize)  # per-thread state: leave it as found
@@ -435,7 +473,8 @@ def _run_blocks(p: _Problem, threads: int) -> None:
     if threads <= 1:
         work()
         return
-    futures = [_executor(threads - 1).submit(work) for _ in range(threads - 1)]
+    pool = _executor(threads - 1)
+    futures = [pool.submit(work) for _ in range(threads - 1)]
     try:
         work()
     finally:
