@@ -48,8 +48,17 @@ def _on_workers(client, nblocks, *, seed=0, ignore=None):
     if ignore is not None:
         y = da.where(rng.random(y.shape, chunks=ROWS) < 0.25, ignore, y)
     s, y = client.persist([s, y])
-    s_np, y_np = client.compute([s, y], sync=True)
-    return s, y, s_np, y_np
+    return s, y, _gather_blocks(client, s), _gather_blocks(client, y)
+
+
+def _gather_blocks(client, x) -> np.ndarray:
+    """Host copy of persisted blocks, fetched one by one: ``client.compute(x)``
+    would gather every block onto one worker first (a replica there), and
+    the scheduler would then run everything on that worker."""
+    from dask.core import flatten
+
+    futures = [distributed.Future(key, client) for key in flatten(x.__dask_keys__())]
+    return np.concatenate(client.gather(futures))
 
 
 def _graph_size(*arrays) -> int:
@@ -115,7 +124,7 @@ def _layer_data(client, nblocks, seed=0):
     b = rng.standard_normal((7,), chunks=-1)
     dout = rng.standard_normal((nblocks * 16, 7), chunks=(16, 7))
     arrays = client.persist([x, w, b, dout])
-    return arrays, client.compute(arrays, sync=True)
+    return arrays, [_gather_blocks(client, a) for a in arrays]
 
 
 def test_affine_and_relu_match_numpy(client):

@@ -292,6 +292,8 @@ def test_each_block_runs_the_numpy_engine_once(monkeypatch, env_threads):
     original = numpy_engine.softmax_loss
 
     def recording(inp, *, out=None, num_threads=None):
+        # The engine reads the scores block itself, not a copy of it.
+        assert any(np.shares_memory(inp.scores, b) for b in blocks)
         calls.append((type(inp.scores), inp.scores.shape, inp.reduction, num_threads))
         return original(inp, out=out, num_threads=num_threads)
 
@@ -301,7 +303,10 @@ def test_each_block_runs_the_numpy_engine_once(monkeypatch, env_threads):
     else:
         monkeypatch.setenv(numpy_engine.NUM_THREADS_ENV, env_threads)
     s, y = _data(4)
-    loss, d = xs.softmax_loss(*_to_dask(s, y), label_smoothing=0.1)
+    ds, dy = _to_dask(s, y)
+    blocks = list(dict(ds.__dask_graph__()).values())  # from_array keeps its blocks in the graph
+    w = da.from_array(np.linspace(0.5, 1.5, C), chunks=C)
+    loss, d = xs.softmax_loss(ds, dy, weight=w, label_smoothing=0.1)
     assert not calls  # lazy
     dask.compute(loss, d, scheduler="threads")
     threads = 1 if env_threads is None else None  # None: the engine reads the variable
@@ -340,3 +345,24 @@ def test_cupy_backed_chunks_run_the_cupy_engine(monkeypatch, reduction):
     )
     np.testing.assert_allclose(cupy.asnumpy(got_loss), ref_loss, rtol=1e-10)
     np.testing.assert_allclose(cupy.asnumpy(got_d), ref_d, rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.parametrize("cols", [-1, 4])
+def test_unknown_row_chunk_sizes_after_masking(cols):
+    # Boolean masking leaves NaN row chunk sizes: N is unknown, so the "mean"
+    # denominator must come from counting the labels, and a class-axis
+    # rechunk must keep the (unknown) row chunks.
+    from dask.array.core import PerformanceWarning
+
+    s, y = _data(4)
+    keep = s[:, 0] > 0
+    ds, dy = _to_dask(s, y, cols=cols)
+    mask = ds[:, 0] > 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PerformanceWarning)
+        with dask.config.set(scheduler=_never_compute):
+            loss, d = xs.softmax_loss(ds[mask], dy[mask])
+    ref_loss, ref_d = xs.softmax_loss(s[keep], y[keep], engine="reference")
+    got_loss, got_d = dask.compute(loss, d)
+    np.testing.assert_allclose(got_loss, ref_loss, rtol=1e-12)
+    np.testing.assert_allclose(got_d, ref_d, rtol=1e-12, atol=1e-15)

@@ -22,11 +22,13 @@ __all__ = ["DEFAULTS", "configure", "run"]
 #: spiral: CS231n's 100 hidden units; Adam reaches ~99% in 1000 full-batch
 #: steps (CS231n's plain-SGD run takes 10000), and reg 1e-4 rather than 1e-3,
 #: whose penalty holds some seeds below 98% training accuracy. iris: the R
-#: seed's 4-6-3 shape, lr 1e-2 and reg 1e-3, but Adam on minibatches of 30
-#: instead of full-batch SGD, on standardised features (xsoftmax.datasets.iris).
+#: seed's 4-6-3 shape, lr 1e-2 and reg 1e-3, full-batch like the seed, with
+#: Adam instead of plain gradient descent (400 steps instead of thousands),
+#: on standardised features (xsoftmax.datasets.iris). Minibatches of 30
+#: reached the same best accuracy with a noisier loss curve.
 DEFAULTS: dict[str, dict[str, Any]] = {
     "spiral": dict(hidden=100, epochs=1000, lr=2e-2, reg=1e-4, update="adam", batch_size=300),
-    "iris": dict(hidden=6, epochs=200, lr=1e-2, reg=1e-3, update="adam", batch_size=30),
+    "iris": dict(hidden=6, epochs=400, lr=1e-2, reg=1e-3, update="adam", batch_size=120),
 }
 
 

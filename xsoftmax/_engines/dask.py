@@ -7,10 +7,11 @@ coefficients ``α, β, a, b, c``) except the "mean" denominator
 
 .. math::  D = Σ_i v_i w_{y_i} = Σ_b D_b, \qquad D_b = Σ_{i ∈ B_b} v_i w_{y_i},
 
-a sum over *all* rows. It depends on the labels only, so it is computed first
-(one task per label block, then a tree sum: ``N`` integers read, no scores),
-and each block's kernel then receives it as a 0-d input. The kernel folds
-``1/D`` into the class weights instead of rescaling the gradient afterwards:
+a sum over *all* rows. Without weights and ``ignore_index`` it is ``N``;
+otherwise it depends on the labels only, so it is computed first (one task
+per label block, then a tree sum: ``N`` integers read, no scores), and each
+block's kernel receives it as a 0-d input. The kernel folds ``1/D`` into the
+class weights instead of rescaling the gradient afterwards:
 with ``w' = w / D`` (``w ≡ 1`` without weights) and the per-row reduction
 ("none", where the row scale is ``v_i``),
 
@@ -26,10 +27,11 @@ gradient of its rows and their share of the mean loss, with no extra pass
 over the ``(N_b, C)`` block; the loss is the tree sum of the row shares.
 
 Graph (``K`` blocks): label check ``K``; ``D_b`` ``K`` and their tree sum
-``K + O(log K)``; the kernel ``K`` (one task reads each scores block once and
-yields ``(dscores_b, rows_b)``); two getters ``2K``; the loss tree sum
-``K + O(log K)``. About ``7K`` tasks, against ~30 per block for the generic
-code on Dask arrays.
+``K + O(log K)`` (only when ``D`` depends on the labels); the kernel ``K``
+(one task reads each scores block once, in place, and yields ``(dscores_b,
+rows_b)``); two getters ``2K``; the loss tree sum ``K + O(log K)``. At most
+about ``8K`` tasks, against ~30 per block for the generic code on Dask
+arrays.
 
 Inside a task the chunk is a concrete array, and the engine for its own type
 is chosen there (:func:`xsoftmax._engines.select_engine` with "auto"): the
@@ -37,15 +39,15 @@ fused NumPy engine on CPU chunks, the CuPy engine on CuPy-backed chunks
 (dask-cuda), the reference code for any other chunk type. The NumPy engine
 runs on one thread per task: Dask already runs one task per core, and its
 own threads on top oversubscribe the cores (the Dask nanny sets
-``OMP_NUM_THREADS=1`` on workers for the same reason). On a 2-core machine
-with two 1-thread workers this took the issue's 262144×1024 step from about
-1.3 s to 0.7 s (median). ``XSOFTMAX_NUM_THREADS`` set on the workers
-overrides it.
+``OMP_NUM_THREADS=1`` on workers for the same reason; on a busy 2-core
+machine with two 1-thread workers it halved the median time of a
+262144×1024 step). ``XSOFTMAX_NUM_THREADS`` set on the workers overrides it.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 import operator
 import os
 import warnings
@@ -92,18 +94,28 @@ def softmax_loss(inp: LossInputs, *, out: Array | None = None) -> tuple[Array, A
     args: list[Any] = [s, "ij", y, "i"]
     if w is not None:
         args += [w, "j"]
-    denom = None
+    denom: Any = None
     if inp.reduction == "mean":
-        denom = _denominator(y, w, c, inp.ignore_index, cdt)
-        args += [denom, ()]
+        if w is None and inp.ignore_index is None and not math.isnan(s.shape[0]):
+            # Every row counts once: D = N, known without reading the labels,
+            # so the kernels need not wait for a pass over them. (N is NaN
+            # after boolean masking; the labels then count the rows.)
+            denom = float(s.shape[0])
+            args += [denom, None]
+        else:
+            denom = _denominator(y, w, c, inp.ignore_index, cdt)
+            args += [denom, ()]
     meta2 = s._meta
     meta1 = _meta_1d(s)
+    # The class axis j is contracted away but holds one block, so the kernel
+    # gets [s_block] and [w] lists; concatenate=True would hand it a fresh
+    # copy of every scores block instead (np.concatenate of one array).
     pair = da.blockwise(
         _block_kernel,
         "i",
         *args,
         token="xsoftmax-softmax-loss",
-        concatenate=True,
+        concatenate=False,
         meta=(meta2, meta1),
         has_weight=w is not None,
         **options,
@@ -125,7 +137,14 @@ def softmax_loss(inp: LossInputs, *, out: Array | None = None) -> tuple[Array, A
     total = rows.sum(dtype=cdt)
     if inp.reduction == "mean":
         total = da.blockwise(
-            _finish_mean, (), total, (), denom, (), token="xsoftmax-mean", meta=total._meta
+            _finish_mean,
+            (),
+            total,
+            (),
+            denom,
+            None if isinstance(denom, float) else (),
+            token="xsoftmax-mean",
+            meta=total._meta,
         )
     return total.astype(s.dtype), dscores
 
@@ -144,7 +163,11 @@ def _rows_chunked(s: Array) -> Array:
         PerformanceWarning,
         stacklevel=4,
     )
-    return s.rechunk({0: "auto", 1: -1})
+    # Merging the column chunks multiplies the bytes per chunk; "auto" rows
+    # bring them back near dask's array.chunk-size (impossible when the row
+    # chunk sizes are unknown, which then stay as they are).
+    known = not any(math.isnan(size) for size in s.chunks[0])
+    return s.rechunk({0: "auto", 1: -1} if known else {1: -1})
 
 
 def _meta_1d(s: Array) -> Array:
@@ -197,9 +220,9 @@ def _block_denominator(
 
 
 def _block_kernel(
-    s: Array,
+    s: list[Array],
     y: Array,
-    *extra: Array,
+    *extra: Any,
     has_weight: bool,
     num_classes: int,
     ignore_index: int | None,
@@ -209,16 +232,18 @@ def _block_kernel(
 ) -> tuple[Array, Array]:
     """``(dscores_b, rows_b)`` of one row block, from one call of its chunk engine.
 
+    ``s`` is ``[scores_b]`` and ``extra`` holds ``[weight]`` (if any), then
+    the 0-d ``D`` (for "mean"): one-block lists along the class axis.
     ``rows_b`` are per-row losses, already divided by ``D`` for "mean"
-    (module docstring). ``extra`` holds the weight block (if any), then the
-    0-d ``D`` (for "mean").
+    (module docstring).
     """
+    (s,) = s
     xp = array_namespace(s)
     # Labels or weights backed by another chunk type (NumPy next to CuPy
     # scores) follow the scores onto their device.
     y = xp.asarray(y)
-    w = xp.asarray(extra[0]) if has_weight else None
-    scale_after = None
+    w = xp.asarray(extra[0][0]) if has_weight else None
+    valid = None  # set when D = 0
     if reduction == "mean":
         denom = xp.astype(xp.asarray(extra[-1]), compute_dtype)
         if w is None:
@@ -243,12 +268,24 @@ def _block_kernel(
                 reduction="sum",
                 dtype=compute_dtype,
             ).valid
-            scale_after = xp.where(valid, 1.0 / denom, xp.zeros_like(denom))
     engine = _chunk_engine(xp)
     rows, d = engine(LossInputs(xp, s, y, w, ignore_index, label_smoothing, "none", False))
-    if scale_after is not None:
-        d = xp.astype(xp.astype(d, compute_dtype) * xp.expand_dims(scale_after, axis=1), s.dtype)
+    if valid is not None:
+        with _quiet_nan():
+            scale = xp.where(valid, 1.0 / denom, xp.zeros_like(denom))
+            d = xp.astype(xp.astype(d, compute_dtype) * xp.expand_dims(scale, axis=1), s.dtype)
     return d, rows
+
+
+def _quiet_nan() -> Any:
+    """NumPy's errstate for the intended 1/0, 0·inf and 0/0 of ``D = 0``.
+
+    These are the results, as in the NumPy engine, not warnings to print on
+    every worker; other chunk types (CuPy) do not warn.
+    """
+    import numpy as np
+
+    return np.errstate(divide="ignore", invalid="ignore")
 
 
 def _chunk_engine(xp: Any) -> Any:
@@ -270,7 +307,10 @@ def _chunk_engine(xp: Any) -> Any:
 
 def _finish_mean(total: Array, denom: Array) -> Array:
     """The mean loss from the sum of row shares; ``Σ rows / D`` (0/0) when ``D = 0``."""
-    return total if float(denom) != 0.0 else total / denom
+    if float(denom) != 0.0:
+        return total
+    with _quiet_nan():
+        return total / denom
 
 
 def _device(x: Array) -> Any:
