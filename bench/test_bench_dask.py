@@ -35,6 +35,7 @@ da = pytest.importorskip("dask.array")
 distributed = pytest.importorskip("distributed")
 
 import xsoftmax as xs  # noqa: E402
+from xsoftmax.bench import gather_blocks  # noqa: E402
 
 ROUNDS = 7
 
@@ -66,20 +67,7 @@ def batch(client):
     y = rng.integers(0, c, n, chunks=-(-n // k))
     s, y = client.persist([s, y])
     distributed.wait([s, y])
-    return s, y, _gather_blocks(client, s), _gather_blocks(client, y)
-
-
-def _gather_blocks(client, x) -> np.ndarray:
-    """The host copy of persisted row blocks, fetched block by block.
-
-    ``client.compute(x)`` would concatenate the blocks in a task on one
-    worker, leaving a replica of every block there; the scheduler then runs
-    every later task on that worker and the benchmark measures one worker.
-    """
-    from dask.core import flatten
-
-    futures = [distributed.Future(key, client) for key in flatten(x.__dask_keys__())]
-    return np.concatenate(client.gather(futures))
+    return s, y, gather_blocks(client, s), gather_blocks(client, y)
 
 
 def _dask_step(client, s, y):

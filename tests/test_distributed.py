@@ -16,6 +16,8 @@ distributed = pytest.importorskip("distributed")
 
 import xsoftmax as xs  # noqa: E402
 
+pytestmark = pytest.mark.distributed
+
 C = 13
 ROWS = 64
 

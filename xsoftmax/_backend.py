@@ -262,9 +262,12 @@ def asarray(obj: Any, *, backend: str | None = None, dtype: Any = None) -> Array
     if backend_name(xp) == "dask":
         import dask.array as da
 
-        return da.from_array(np.asarray(obj, dtype=None), chunks="auto").astype(
-            dtype if dtype is not None else np.asarray(obj).dtype
-        )
+        host = np.asarray(obj)
+        # Rows chunked, everything past the first axis whole: the layout the
+        # Dask engine wants (a row's C classes in one chunk).
+        # (Dask's auto-chunking divides by the row size: an empty array is one chunk.)
+        chunks = ("auto",) + (-1,) * (host.ndim - 1) if host.ndim and host.size else -1
+        return da.from_array(host, chunks=chunks).astype(dtype if dtype is not None else host.dtype)
     # copy=True: torch.asarray would otherwise share the host buffer, so that
     # writing to the new array would modify the caller's NumPy array.
     return xp.asarray(obj, dtype=dtype, copy=True)

@@ -50,6 +50,7 @@ __all__ = [
     "configure",
     "dask_client",
     "floor",
+    "gather_blocks",
     "machine_info",
     "make_case",
     "make_peer",
@@ -181,10 +182,23 @@ def _dask_case(engine: str, shape: tuple[int, int], dtype: str, *, seed: int, cl
         return loss.compute(), d
 
     def inputs() -> tuple[np.ndarray, np.ndarray]:
-        host_s, host_y = client.compute([s, y], sync=True)
-        return host_s.astype(np.float64), host_y
+        return gather_blocks(client, s).astype(np.float64), gather_blocks(client, y)
 
     return Case("dask", engine, "xsoftmax", "dask", fn, inputs)
+
+
+def gather_blocks(client: Any, x: Any) -> np.ndarray:
+    """The host copy of a persisted, row-chunked Dask array, fetched block by block.
+
+    ``client.compute(x)`` would concatenate the blocks in a task on one
+    worker, leaving a replica of every block there; the scheduler then runs
+    every later task on that worker and the benchmark measures one worker.
+    """
+    import distributed
+    from dask.core import flatten
+
+    futures = [distributed.Future(key, client) for key in flatten(x.__dask_keys__())]
+    return np.concatenate(client.gather(futures))
 
 
 def _identity(block: Any) -> Any:

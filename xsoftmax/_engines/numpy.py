@@ -280,6 +280,13 @@ class _Scratch:
         #: flat index of the first element of each row of a block
         self.row_start = np.arange(0, shape[0] * shape[1], shape[1], dtype=np.intp)
         self.vec = np.empty(shape[0], dtype=p.cdt)  # m, then Σ_k e_ik
+        if shape[1] <= SMALL_C:
+            # Short rows: the block is worked on transposed, in `work_t`
+            # (see _block_small), which replaces `work`.
+            self.work = None
+            self.work_t = np.empty(shape[::-1], dtype=p.cdt)
+            self.tmp = np.empty(shape[::-1], dtype=p.cdt) if weighted_smoothing else None
+            self.row = np.arange(shape[0], dtype=np.intp)
 
 
 def _coefficients(p: _Problem, r0: int, r1: int) -> RowCoefficients:
@@ -347,6 +354,9 @@ def _block(
     part; ``t``, ``l`` (and ``u[rows]``) receive the block's row values.
     """
     n = len(t)
+    if p.out.shape[1] <= SMALL_C:
+        _block_small(p, start, coef, rows, labels, t, l, u, scratch)
+        return
     s = p.scores[start : start + n]
     z = p.out[start : start + n] if p.direct else scratch.work[:n]
     # Copy first (also the float16 -> float32 cast): one streaming read and
@@ -373,7 +383,7 @@ def _block(
     se = _row_reduce(np.add, z, scratch.vec[:n])
     np.log(se, out=l)
     np.multiply(z, (coef.c[rows] / se)[:, None], out=z)
-    flat[target] -= coef.a[rows]  # one target per row: no index repeats
+    np.subtract.at(flat, target, coef.a[rows])  # one target per row: no index repeats
     if coef.b is not None:
         if p.weight is None:
             np.subtract(z, coef.b[rows, None], out=z)
@@ -385,18 +395,85 @@ def _block(
         np.copyto(p.out[start : start + n], z)
 
 
-def _row_reduce(op: np.ufunc, a: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """``out_i = op`` over row ``i`` of ``a`` (shape ``(n, C)``), in an order that ignores ``n``.
+def _block_small(
+    p: _Problem,
+    start: int,
+    coef: RowCoefficients,
+    rows: slice,
+    labels: np.ndarray,
+    t: np.ndarray,
+    l: np.ndarray,  # noqa: E741 (the l of the docstring)
+    u: np.ndarray | None,
+    scratch: _Scratch,
+) -> None:
+    """Steps 1–5 for short rows (``C ≤ SMALL_C``), on the block transposed.
 
-    Long rows: ``op.reduce`` along the class axis. Short rows (``C ≤
-    SMALL_C``): the columns are folded, ``C − 1`` strided vector operations
-    of length ``n`` in the fixed order ``((a_0 op a_1) op a_2) …``.
+    In ``(n, C)`` layout every NumPy call would loop over ``n`` rows of
+    ``C`` elements (per-row reductions, ``z −= m[:, None]``), paying the
+    inner-loop overhead ``n`` times. In ``zt = zᵀ`` (``(C, n)``, C-contiguous)
+    a per-row reduction is a fold of the ``C`` rows of ``zt``, ``C − 1``
+    contiguous vector operations of length ``n`` in the fixed order
+    ``((z_0 op z_1) op z_2) …``, and every broadcast runs along ``n``. The
+    transposed copies in and out cost about one strided pass each.
     """
-    if a.shape[1] > SMALL_C:
-        return op.reduce(a, axis=1, out=out)
-    np.copyto(out, a[:, 0])
-    for k in range(1, a.shape[1]):
-        op(out, a[:, k], out=out)
+    n = len(t)
+    s = p.scores[start : start + n]
+    zt = scratch.work_t[:, :n]
+    np.copyto(zt, s.T)
+    m = _fold(np.maximum, zt, scratch.vec[:n])
+    _finite_or_zero(m)
+    np.subtract(zt, m, out=zt)
+
+    # zt is not contiguous when n < block_rows: index it as (C, n) via
+    # the flat block of the scratch, row stride block_rows.
+    flat = scratch.work_t.reshape(-1)
+    target = labels * scratch.work_t.shape[1]
+    target += scratch.row[:n]
+    np.take(flat, target, out=t)
+    if u is not None:
+        if p.weight is None:
+            _fold(np.add, zt, u[rows])
+        else:
+            wz = scratch.tmp[:, :n]
+            np.multiply(zt, p.weight[:, None], out=wz)
+            _fold(np.add, wz, u[rows])
+
+    np.exp(zt, out=zt)
+    se = _fold(np.add, zt, scratch.vec[:n])
+    np.log(se, out=l)
+    np.multiply(zt, coef.c[rows] / se, out=zt)
+    np.subtract.at(flat, target, coef.a[rows])  # one target per row: no index repeats
+    if coef.b is not None:
+        if p.weight is None:
+            np.subtract(zt, coef.b[rows], out=zt)
+        else:
+            bw = scratch.tmp[:, :n]
+            np.multiply(coef.b[rows], p.weight[:, None], out=bw)
+            np.subtract(zt, bw, out=zt)
+    np.copyto(p.out[start : start + n], zt.T)
+
+
+def _row_reduce(op: np.ufunc, a: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """``out_i = op.reduce`` over row ``i`` of ``a`` (shape ``(n, C)``, ``C > SMALL_C``).
+
+    One reduction along the contiguous class axis; its order within a row
+    does not depend on ``n``.
+    """
+    return op.reduce(a, axis=1, out=out)
+
+
+def _fold(op: np.ufunc, a: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """``out_j = (((a_0j op a_1j) op a_2j) … )``: ``op`` over the rows of ``a`` (``(C, n)``).
+
+    ``C − 1`` elementwise calls in a fixed order, so column ``j``'s value
+    does not depend on ``n`` (``op.reduce(axis=0)`` may switch to pairwise
+    summation when ``n`` is small).
+    """
+    if a.shape[0] == 1:
+        return np.copyto(out, a[0]) or out
+    op(a[0], a[1], out=out)
+    for k in range(2, a.shape[0]):
+        op(out, a[k], out=out)
     return out
 
 
