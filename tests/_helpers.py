@@ -126,8 +126,11 @@ def ref_softmax_loss(scores, y, *, reduction="mean", weight=None, ignore_index=N
     if reduction == "sum":
         return np.float64(total), grad
     if denom == 0.0:
-        # torch: the loss is 0/0 = nan; ignored rows' gradient stays 0
-        return np.float64(np.nan), grad
+        # torch: the loss is NaN (its NLL term is 0/0 on its own, even when
+        # the smoothing term is not 0); kept rows' gradient is NaN, ignored
+        # rows' stays 0
+        kept = np.array([ignore_index is None or v != ignore_index for v in labels])
+        return np.float64(np.nan), np.where(kept[:, None], np.nan, grad)
     return np.float64(total / denom), grad / denom
 
 
@@ -222,6 +225,14 @@ def no_compute():
 
     with dask.config.set(scheduler=forbidden):
         yield
+
+
+def graph_size(*arrays) -> int:
+    """Number of distinct tasks in the union of the arrays' Dask graphs."""
+    keys = {}
+    for a in arrays:
+        keys.update(dict(a.__dask_graph__()))
+    return len(keys)
 
 
 def is_backend(xp, name: str) -> bool:

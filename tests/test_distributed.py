@@ -15,6 +15,8 @@ dask = pytest.importorskip("dask")
 distributed = pytest.importorskip("distributed")
 
 import xsoftmax as xs  # noqa: E402
+from _helpers import graph_size, no_compute  # noqa: E402
+from xsoftmax.bench import gather_blocks  # noqa: E402
 
 pytestmark = pytest.mark.distributed
 
@@ -34,10 +36,6 @@ def client():
         yield c
 
 
-def _never_compute(*args, **kwargs):
-    raise AssertionError("a Dask graph was computed before .compute() was called")
-
-
 def _scheduler_keys(client) -> set:
     return client.run_on_scheduler(lambda dask_scheduler: set(dask_scheduler.tasks))
 
@@ -50,24 +48,7 @@ def _on_workers(client, nblocks, *, seed=0, ignore=None):
     if ignore is not None:
         y = da.where(rng.random(y.shape, chunks=ROWS) < 0.25, ignore, y)
     s, y = client.persist([s, y])
-    return s, y, _gather_blocks(client, s), _gather_blocks(client, y)
-
-
-def _gather_blocks(client, x) -> np.ndarray:
-    """Host copy of persisted blocks, fetched one by one: ``client.compute(x)``
-    would gather every block onto one worker first (a replica there), and
-    the scheduler would then run everything on that worker."""
-    from dask.core import flatten
-
-    futures = [distributed.Future(key, client) for key in flatten(x.__dask_keys__())]
-    return np.concatenate(client.gather(futures))
-
-
-def _graph_size(*arrays) -> int:
-    keys = {}
-    for a in arrays:
-        keys.update(dict(a.__dask_graph__()))
-    return len(keys)
+    return s, y, gather_blocks(client, s), gather_blocks(client, y)
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
@@ -100,7 +81,7 @@ def test_float32_matches_numpy_engine(client):
 def test_building_the_graph_submits_nothing(client):
     s, y, _, _ = _on_workers(client, 4, seed=1)
     before = _scheduler_keys(client)
-    with dask.config.set(scheduler=_never_compute):
+    with no_compute():
         loss, d = xs.softmax_loss(s, y, label_smoothing=0.1)
         out, cache = xs.affine_forward(s, da.ones((C, 5), chunks=-1), da.zeros(5, chunks=-1))
         xs.affine_backward(da.ones_like(out), cache)
@@ -126,7 +107,7 @@ def _layer_data(client, nblocks, seed=0):
     b = rng.standard_normal((7,), chunks=-1)
     dout = rng.standard_normal((nblocks * 16, 7), chunks=(16, 7))
     arrays = client.persist([x, w, b, dout])
-    return arrays, [_gather_blocks(client, a) for a in arrays]
+    return arrays, [gather_blocks(client, a) for a in arrays]
 
 
 def test_affine_and_relu_match_numpy(client):
@@ -159,13 +140,13 @@ def test_affine_and_relu_match_numpy(client):
 @pytest.mark.parametrize("nblocks", [4, 64])
 def test_layer_graphs_are_linear_in_chunks_with_tree_reductions(client, nblocks):
     (x, w, b, dout), _ = _layer_data(client, nblocks)
-    inputs = _graph_size(x, w, b, dout)
+    inputs = graph_size(x, w, b, dout)
     out, cache = xs.affine_forward(x, w, b)
-    assert _graph_size(out) - inputs <= 5 * nblocks + 8
+    assert graph_size(out) - inputs <= 5 * nblocks + 8
     dx, dw, db = xs.affine_backward(dout, cache)
-    assert _graph_size(dx, dw, db) - inputs <= 10 * nblocks + 16
+    assert graph_size(dx, dw, db) - inputs <= 10 * nblocks + 16
     r, rcache = xs.relu_forward(out)
-    assert _graph_size(xs.relu_backward(dout, rcache)) - _graph_size(out, dout) <= 3 * nblocks + 4
+    assert graph_size(xs.relu_backward(dout, rcache)) - graph_size(out, dout) <= 3 * nblocks + 4
     # dw = x̃ᵀ dout and db = Σ_n dout_n are tree reductions: no task gathers
     # all blocks at once.
     for grad in (dw, db):

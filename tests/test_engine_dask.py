@@ -15,14 +15,10 @@ da = pytest.importorskip("dask.array")
 dask = pytest.importorskip("dask")
 
 import xsoftmax as xs  # noqa: E402
-from _helpers import TOLERANCES  # noqa: E402
+from _helpers import TOLERANCES, graph_size, no_compute  # noqa: E402
 
 C = 11
 ROWS = 40  # rows per chunk
-
-
-def _never_compute(*args, **kwargs):
-    raise AssertionError("a Dask graph was computed before .compute() was called")
 
 
 def _data(nblocks, *, c=C, rows=ROWS, seed=0, ignore=None, scale=3.0):
@@ -40,13 +36,6 @@ def _to_dask(s, y, *, rows=ROWS, cols=-1, label_rows=None):
         da.from_array(s, chunks=(rows, cols)),
         da.from_array(y, chunks=label_rows or rows),
     )
-
-
-def _graph_size(*arrays) -> int:
-    keys = {}
-    for a in arrays:
-        keys.update(dict(a.__dask_graph__()))
-    return len(keys)
 
 
 OPTIONS = {
@@ -107,6 +96,17 @@ def test_low_precision_matches_float64_reference(dtype, opts):
     np.testing.assert_allclose(got_d.astype(np.float64), ref_d, rtol=rtol, atol=atol)
 
 
+def test_float16_mean_over_many_rows_keeps_the_loss():
+    # Each row's share of the mean, ~0.0067 / 1e5, is a float16 subnormal:
+    # the blocks must add their rows in float32 before anything is rounded.
+    n = 100_000
+    s = np.tile(np.array([[5.0, 0.0]], dtype=np.float16), (n, 1))
+    y = np.zeros(n, dtype=np.int64)
+    loss, _ = xs.softmax_loss(da.from_array(s, chunks=(n // 4, -1)), da.from_array(y, chunks=n // 4))
+    exact = np.log1p(np.exp(-5.0))
+    np.testing.assert_allclose(float(loss.compute()), exact, rtol=1e-3)
+
+
 def test_extreme_logits_and_masked_classes():
     s, y = _data(3, scale=1.0)
     s[:, 0] = 1e4
@@ -160,7 +160,7 @@ def test_nothing_is_computed_before_compute(reduction):
     s, y = _data(4, ignore=-1)
     ds, dy = _to_dask(s, y)
     w = da.from_array(np.linspace(0.5, 1.5, C), chunks=C)
-    with dask.config.set(scheduler=_never_compute):
+    with no_compute():
         loss, d = xs.softmax_loss(
             ds, dy, reduction=reduction, weight=w, ignore_index=-1, label_smoothing=0.1
         )
@@ -248,11 +248,11 @@ def test_graph_is_linear_in_chunks_and_reads_scores_once(nblocks, reduction):
     s, y = _data(nblocks, ignore=-1, rows=8)
     ds, dy = _to_dask(s, y, rows=8)
     w = da.from_array(np.linspace(0.5, 1.5, C), chunks=C)
-    inputs = _graph_size(ds, dy, w)
+    inputs = graph_size(ds, dy, w)
     loss, d = xs.softmax_loss(
         ds, dy, reduction=reduction, weight=w, ignore_index=-1, label_smoothing=0.1
     )
-    added = _graph_size(loss, d) - inputs
+    added = graph_size(loss, d) - inputs
     assert added <= 8 * nblocks + 16, f"{added} tasks for {nblocks} blocks"
     readers = _scores_readers(d, loss, ds)
     assert all(len(r) == 1 for r in readers.values()), readers
@@ -261,15 +261,15 @@ def test_graph_is_linear_in_chunks_and_reads_scores_once(nblocks, reduction):
         ds, dy, reduction=reduction, weight=w, ignore_index=-1, label_smoothing=0.1,
         engine="reference",
     )
-    assert _graph_size(ref_loss, ref_d) - inputs > 2 * added
+    assert graph_size(ref_loss, ref_d) - inputs > 2 * added
 
 
 def test_fused_engine_option_selects_the_dask_engine():
     s, y = _data(4)
     ds, dy = _to_dask(s, y)
-    auto = _graph_size(*xs.softmax_loss(ds, dy))
-    fused = _graph_size(*xs.softmax_loss(ds, dy, engine="fused"))
-    reference = _graph_size(*xs.softmax_loss(ds, dy, engine="reference"))
+    auto = graph_size(*xs.softmax_loss(ds, dy))
+    fused = graph_size(*xs.softmax_loss(ds, dy, engine="fused"))
+    reference = graph_size(*xs.softmax_loss(ds, dy, engine="reference"))
     assert auto == fused < reference
 
 
@@ -284,8 +284,8 @@ def test_inputs_are_not_modified():
 @pytest.mark.parametrize("env_threads", [None, "3"])
 def test_each_block_runs_the_numpy_engine_once(monkeypatch, env_threads):
     # NumPy-backed chunks go to the fused NumPy engine (not the generic code),
-    # one call per row block, with the per-row reduction the combine step
-    # needs, on one thread unless XSOFTMAX_NUM_THREADS says otherwise.
+    # one call per row block, with the block sum ("sum": the gradient of
+    # "none", the row losses added in the compute dtype), on one thread unless XSOFTMAX_NUM_THREADS says otherwise.
     import xsoftmax._engines.numpy as numpy_engine
 
     calls = []
@@ -310,7 +310,7 @@ def test_each_block_runs_the_numpy_engine_once(monkeypatch, env_threads):
     assert not calls  # lazy
     dask.compute(loss, d, scheduler="threads")
     threads = 1 if env_threads is None else None  # None: the engine reads the variable
-    assert sorted(calls, key=str) == [(np.ndarray, (ROWS, C), "none", threads)] * 4
+    assert sorted(calls, key=str) == [(np.ndarray, (ROWS, C), "sum", threads)] * 4
 
 
 @pytest.mark.gpu
@@ -360,7 +360,7 @@ def test_unknown_row_chunk_sizes_after_masking(cols):
     mask = ds[:, 0] > 0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", PerformanceWarning)
-        with dask.config.set(scheduler=_never_compute):
+        with no_compute():
             loss, d = xs.softmax_loss(ds[mask], dy[mask])
     ref_loss, ref_d = xs.softmax_loss(s[keep], y[keep], engine="reference")
     got_loss, got_d = dask.compute(loss, d)

@@ -138,3 +138,12 @@ def test_rel_error_across_backends():
 def test_numerical_gradient_rejects_integers(xp):
     with pytest.raises(TypeError, match="real floating"):
         numerical_gradient(lambda v: xp.sum(v), on(xp, np.array([1, 2])))
+
+
+def test_dout_must_match_the_output_shape():
+    """A broadcastable but wrong ``dout`` would give a wrong product: refuse it."""
+    x = np.arange(4.0).reshape(2, 2)
+    with pytest.raises(ValueError, match=r"dout must have the shape of f\(x\) \(2, 2\), got shape \(2,\)"):
+        xs.gradcheck.numerical_gradient_array(lambda v: v * 2.0, x, np.ones(2))
+    with pytest.raises(ValueError, match="must return a scalar"):
+        xs.gradcheck.numerical_gradient(lambda v: v * 2.0, x)

@@ -130,17 +130,32 @@ def test_all_rows_ignored(xp, use_weight, eps):
             np.testing.assert_array_equal(any_d, 0.0)
 
 
-def test_zero_weight_classes_only_mean_is_nan_like_torch(xp):
-    """Σ w_{y_i} = 0 with rows that are not ignored: torch's 0/0 gives NaN loss and gradient."""
-    scores = _scores(5)[:2]
-    y = np.array([0, 1])
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
+def test_zero_weight_classes_only_mean_is_nan_like_torch(xp, label_smoothing):
+    """Σ w_{y_i} = 0 with rows that are not ignored: torch's 0/0 gives NaN loss and gradient.
+
+    With smoothing the smoothing term alone is finite, but torch divides the
+    NLL term ``0/0`` separately, so the loss is still NaN (not ``+inf``).
+    """
+    scores = _scores(5)[:3]
+    y = np.array([0, 1, -100])
     weight = np.array([0.0, 0.0, 1.0, 1.0, 1.0])
-    loss, d = xs.softmax_loss(on(xp, scores), on(xp, y), weight=on(xp, weight))
+    opts = dict(ignore_index=-100, label_smoothing=label_smoothing)
+    loss, d = xs.softmax_loss(on(xp, scores), on(xp, y), weight=on(xp, weight), **opts)
+    d = xs.to_numpy(d)
     assert np.isnan(xs.to_numpy(loss))
-    assert np.all(np.isnan(xs.to_numpy(d)))
+    assert np.all(np.isnan(d[:2])) and np.all(d[2] == 0.0)
     if have_torch():
-        t_loss, t_d = torch_cross_entropy(scores, y, weight=weight)
-        assert np.isnan(t_loss) and np.all(np.isnan(t_d))
+        t_loss, t_d = torch_cross_entropy(scores, y, weight=weight, **opts)
+        assert np.isnan(t_loss) and np.all(np.isnan(t_d[:2])) and np.all(t_d[2] == 0.0)
+
+
+@pytest.mark.parametrize("engine", ["reference", "auto"])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_numpy_loss_is_a_0d_array_not_a_scalar(engine, reduction):
+    """DESIGN: the reduced loss is a 0-d array (NumPy's reductions return np.generic)."""
+    loss, _ = xs.softmax_loss(_scores(), np.arange(N) % C, reduction=reduction, engine=engine)
+    assert isinstance(loss, np.ndarray) and loss.shape == ()
 
 
 def test_single_class_and_single_row(xp):

@@ -78,3 +78,14 @@ def test_bad_choice_rejected_by_argparse(capsys):
     with pytest.raises(SystemExit):
         cli.main(["train", "--data", "mnist"])
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_plot_without_matplotlib_fails_before_training(tmp_path, capsys, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if it were not installed
+    out = tmp_path / "result.json"
+    assert cli.main(["train", "--plot", str(tmp_path / "x.png"), "--json", str(out)]) == 2
+    captured = capsys.readouterr()
+    assert "pip install 'xsoftmax[plot]'" in captured.err
+    assert "epoch" not in captured.out and not out.exists()  # nothing was trained

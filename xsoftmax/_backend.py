@@ -29,9 +29,11 @@ __all__ = [
     "asarray",
     "available_backends",
     "backend_name",
+    "device",
     "get_backend",
     "get_namespace",
     "is_lazy",
+    "scalar_like",
     "set_backend",
     "to_numpy",
     "use_backend",
@@ -95,6 +97,16 @@ def array_namespace(*arrays: Any, names: tuple[str, ...] | None = None) -> Array
     if first_xp is None:
         raise TypeError("expected at least one array argument")
     return first_xp
+
+
+def device(x: Array) -> Any:
+    """The device ``x`` lives on (array-api-compat's ``device``)."""
+    return compat.device(x)
+
+
+def scalar_like(xp: ArrayNamespace, value: float, like: Array) -> Array:
+    """A 0-d array of ``like``'s dtype and device: a portable ``where`` operand."""
+    return xp.asarray(value, dtype=like.dtype, device=compat.device(like))
 
 
 def is_lazy(x: Array) -> bool:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ._backend import array_namespace
+from ._backend import array_namespace, scalar_like
 from ._typing import Array, ArrayNamespace
 from ._validate import check_floating, check_same_device
 
@@ -22,12 +22,6 @@ __all__ = [
     "relu_backward",
     "relu_forward",
 ]
-
-
-def _zero(xp: ArrayNamespace, like: Array) -> Array:
-    import array_api_compat as compat
-
-    return xp.asarray(0, dtype=like.dtype, device=compat.device(like))
 
 
 def _check_cache(cache: Any, size: int, name: str) -> tuple[Any, ...]:
@@ -88,6 +82,7 @@ def affine_backward(dout: Array, cache: tuple[Array, Array, Array]) -> tuple[Arr
     """
     x, w, b = _check_cache(cache, 3, "affine_forward")
     xp = array_namespace(x, w, b, dout, names=("x", "w", "b", "dout"))
+    check_same_device(xp, ("cache x", "dout"), x, dout)
     _check_dout(dout, (x.shape[0], w.shape[1]), xp)
     x2 = xp.reshape(x, (x.shape[0], w.shape[0]))
     dx = xp.reshape(xp.matmul(dout, xp.matrix_transpose(w)), x.shape)
@@ -100,7 +95,7 @@ def relu_forward(x: Array) -> tuple[Array, Array]:
     r"""``out = max(x, 0)``; ``cache = x``."""
     xp = array_namespace(x, names=("x",))
     check_floating(xp, x, "x")
-    return xp.where(x > 0, x, _zero(xp, x)), x
+    return xp.where(x > 0, x, scalar_like(xp, 0, x)), x
 
 
 def relu_backward(dout: Array, cache: Array) -> Array:
@@ -110,8 +105,9 @@ def relu_backward(dout: Array, cache: Array) -> Array:
     """
     x = cache
     xp = array_namespace(x, dout, names=("cache", "dout"))
+    check_same_device(xp, ("cache", "dout"), x, dout)
     _check_dout(dout, tuple(x.shape), xp)
-    return xp.where(x > 0, dout, _zero(xp, dout))
+    return xp.where(x > 0, dout, scalar_like(xp, 0, dout))
 
 
 def affine_relu_forward(x: Array, w: Array, b: Array) -> tuple[Array, tuple[Any, Any]]:

@@ -32,9 +32,11 @@ The reported loss is ``Σ_i row_loss_i / D`` with ``D = Σ_i v_i w_{y_i}`` for
     \quad a_i = α_i / D,\; b_i = β_i / D,\; c_i = (α_i + β_i W) / D.
 
 Without weights or smoothing this is the familiar ``(p_ik − 1[k = y_i]) / N``.
-Ignored rows have ``a = b = c = 0``: their gradient is exactly zero, even
-when every row is ignored and ``D = 0`` (where the "mean" loss is ``0/0 =
-NaN``, as in PyTorch).
+Ignored rows have ``a = b = c = 0``: their gradient is exactly zero (for
+any row with a finite maximum; a row of all ``−inf`` has no probabilities
+and gives NaN, as in PyTorch), also when every row is ignored and ``D = 0``.
+With ``D = 0`` the "mean" loss is NaN and the kept rows' gradient NaN, as in
+PyTorch (:func:`mean_of_total`, :func:`inverse_denominator`).
 """
 
 from __future__ import annotations
@@ -43,7 +45,14 @@ from typing import NamedTuple
 
 from ._typing import Array, ArrayNamespace, DType
 
-__all__ = ["RowCoefficients", "reduce_loss", "row_coefficients", "row_loss"]
+__all__ = [
+    "RowCoefficients",
+    "inverse_denominator",
+    "mean_of_total",
+    "reduce_loss",
+    "row_coefficients",
+    "row_loss",
+]
 
 
 class RowCoefficients(NamedTuple):
@@ -89,13 +98,7 @@ def row_coefficients(
     beta = vf * (eps / num_classes) if eps else None
     if reduction == "mean":
         denom = xp.sum(wy)
-        # D = 0 (every row ignored, or only zero-weight classes present):
-        # ignored rows get exactly 0 and the others NaN, as in PyTorch, from
-        # a safe division that raises no divide-by-zero warning.
-        nonzero = denom != 0
-        inv = 1.0 / xp.where(nonzero, denom, xp.ones_like(denom))
-        inv = xp.where(nonzero, inv, xp.full_like(inv, float("nan")))
-        scale = xp.where(valid, inv, xp.zeros_like(vf))
+        scale = xp.where(valid, inverse_denominator(xp, denom), xp.zeros_like(vf))
     else:
         denom = None
         scale = vf
@@ -122,18 +125,35 @@ def reduce_loss(xp: ArrayNamespace, coef: RowCoefficients, rows: Array, reductio
     """Apply the reduction: ``Σ rows / D`` ("mean"), ``Σ rows`` ("sum"), ``rows``."""
     if reduction == "none":
         return rows
-    total = xp.sum(rows)
+    total = xp.asarray(xp.sum(rows))  # a 0-d array, not NumPy's scalar
     if reduction == "sum":
         return total
-    # total / D, with D = 0 giving what IEEE division gives (NaN for 0/0, as
-    # PyTorch reports an all-ignored batch; ±inf otherwise) but no
-    # divide-by-zero or invalid-value warning.
-    denom = coef.denom
+    return mean_of_total(xp, total, coef.denom)
+
+
+def _safe(xp: ArrayNamespace, denom: Array) -> tuple[Array, Array]:
     nonzero = denom != 0
-    quotient = total / xp.where(nonzero, denom, xp.ones_like(denom))
-    by_zero = xp.where(
-        total > 0,
-        xp.full_like(total, float("inf")),
-        xp.where(total < 0, xp.full_like(total, -float("inf")), xp.full_like(total, float("nan"))),
-    )
-    return xp.where(nonzero, quotient, by_zero)
+    return nonzero, xp.where(nonzero, denom, xp.ones_like(denom))
+
+
+def mean_of_total(xp: ArrayNamespace, total: Array, denom: Array) -> Array:
+    """``Σ rows / D``, or NaN when ``D = 0``, without a divide-by-zero warning.
+
+    ``D = 0`` (every row ignored, or only zero-weight classes present) makes
+    PyTorch's mean NaN: its NLL term is ``0/0`` on its own, so the loss is
+    NaN even when the smoothing term is not 0. Every engine takes the "mean"
+    rule from here and from :func:`inverse_denominator`.
+    """
+    nonzero, safe = _safe(xp, denom)
+    return xp.where(nonzero, total / safe, xp.full_like(total, float("nan")))
+
+
+def inverse_denominator(xp: ArrayNamespace, denom: Array) -> Array:
+    """``1/D``, the kept rows' gradient scale for the "mean"; NaN when ``D = 0``.
+
+    Ignored rows get exactly 0 instead (``row_coefficients``), also when
+    ``D = 0``, as in PyTorch.
+    """
+    nonzero, safe = _safe(xp, denom)
+    inv = 1.0 / safe
+    return xp.where(nonzero, inv, xp.full_like(inv, float("nan")))

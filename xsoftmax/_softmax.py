@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._backend import array_namespace
+from ._backend import array_namespace, device, scalar_like
 from ._dtypes import compute_dtype
 from ._engines import select_engine
 from ._reduction import reduce_loss, row_coefficients, row_loss
@@ -39,21 +39,10 @@ __all__ = [
 ]
 
 
-def _device(x: Array) -> Any:
-    import array_api_compat as compat
-
-    return compat.device(x)
-
-
-def _scalar(xp: ArrayNamespace, value: float, like: Array) -> Array:
-    """A 0-d array of ``like``'s dtype and device (portable ``where`` operand)."""
-    return xp.asarray(value, dtype=like.dtype, device=_device(like))
-
-
 def _shifted(xp: ArrayNamespace, x: Array, axis: int) -> tuple[Array, Array]:
     """``(x − m, m)`` with ``m`` the max along ``axis`` (kept), reset to 0 if not finite."""
     m = xp.max(x, axis=axis, keepdims=True)
-    m = xp.where(xp.isfinite(m), m, _scalar(xp, 0.0, m))
+    m = xp.where(xp.isfinite(m), m, scalar_like(xp, 0.0, m))
     return x - m, m
 
 
@@ -112,7 +101,7 @@ def one_hot(xp: ArrayNamespace, y: Array, num_classes: int) -> Array:
     in-place fancy indexing that JAX, Dask and the standard do not have.
     Labels outside ``[0, C)`` (ignored rows) give an all-False row.
     """
-    classes = xp.arange(num_classes, dtype=y.dtype, device=_device(y))
+    classes = xp.arange(num_classes, dtype=y.dtype, device=device(y))
     # y[:, None] rather than expand_dims: it also works for Dask arrays of
     # unknown length (after boolean filtering), where expand_dims reshapes.
     return y[:, None] == classes
@@ -139,7 +128,7 @@ def reference_softmax_loss(inp: LossInputs, *, out: Array | None = None) -> tupl
     se = xp.sum(e, axis=1)
     l = xp.log(se)  # noqa: E741 (the l of the docstring)
     hot = one_hot(xp, y, c)
-    zero = _scalar(xp, 0.0, z)
+    zero = scalar_like(xp, 0.0, z)
     t = xp.sum(xp.where(hot, z, zero), axis=1)
     u = None
     if inp.label_smoothing:
@@ -159,13 +148,13 @@ def reference_softmax_loss(inp: LossInputs, *, out: Array | None = None) -> tupl
     col = lambda v: v[:, None]  # noqa: E731
     d = col(coef.c) * (e / col(se)) - xp.where(hot, col(coef.a), zero)
     if coef.b is not None:
-        d = d - col(coef.b) * (w if w is not None else _scalar(xp, 1.0, z))
+        d = d - col(coef.b) * (w if w is not None else scalar_like(xp, 1.0, z))
     if inp.labels_unchecked:
         # Traced JAX labels cannot raise; a bad label poisons its row with NaN.
         bad = (y < 0) | (y >= c)
         if inp.ignore_index is not None:
             bad = bad & (y != inp.ignore_index)
-        nan = _scalar(xp, float("nan"), z)
+        nan = scalar_like(xp, float("nan"), z)
         rows = xp.where(bad, nan, rows)
         d = xp.where(col(bad), nan, d)
     loss = reduce_loss(xp, coef, rows, inp.reduction)

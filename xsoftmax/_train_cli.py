@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from . import _plotting
+
 __all__ = ["DEFAULTS", "configure", "run"]
 
 #: Per-data-set defaults, chosen to finish in about a second on a CPU.
@@ -65,10 +67,7 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _plot(path: str, solver: Any, data: Any, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only; never needs a display
-    import matplotlib.pyplot as plt
+    plt = _plotting.pyplot()
 
     import xsoftmax as xs
 
@@ -101,6 +100,9 @@ def _plot(path: str, solver: Any, data: Any, title: str) -> None:
 def run(args: argparse.Namespace) -> int:
     from . import datasets, nets, train
 
+    if args.plot and (problem := _plotting.missing("train")):
+        print(problem, file=sys.stderr)  # before training, not after
+        return 2
     s = _settings(args)
     try:
         data = datasets.load(args.data, seed=args.seed, backend=args.backend, dtype=args.dtype)

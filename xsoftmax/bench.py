@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _timing
+from . import _plotting, _timing
 
 __all__ = [
     "DEFAULT_SHAPES",
@@ -545,12 +545,9 @@ def run(args: argparse.Namespace) -> int:
     if args.repeat < 1:
         print("xsoftmax bench: --repeat must be at least 1", file=sys.stderr)
         return 2
-    if args.plot:
-        try:  # fail before a minute of measuring, not after
-            import matplotlib  # noqa: F401
-        except ImportError:
-            print("xsoftmax bench: --plot needs matplotlib: pip install 'xsoftmax[plot]'", file=sys.stderr)
-            return 2
+    if args.plot and (problem := _plotting.missing("bench")):
+        print(problem, file=sys.stderr)  # before a minute of measuring, not after
+        return 2
 
     started = time.perf_counter()
     status = xs.available_backends()
@@ -675,11 +672,7 @@ def plot(rows: list[Row], path: str) -> None:
     and ratios read as equal distances. Copy floors are black, one line style
     per device.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only: no display needed
-    import matplotlib.pyplot as plt
-
+    plt = _plotting.pyplot()
     several_dtypes = len({r.dtype for r in rows}) > 1
     series: dict[str, list[tuple[int, float, float]]] = {}
     floors: dict[tuple[str, str], set[tuple[int, float]]] = {}

@@ -63,9 +63,22 @@ def numerical_gradient_array(
         step = _basis(xp, x64, i, h, device)
         plus = to_numpy(f(x64 + step)).astype(np.float64)
         minus = to_numpy(f(x64 - step)).astype(np.float64)
+        if i == 0:
+            _check_output_shape(plus.shape, d)
         diff = (plus - minus) / (2.0 * h)
         grad[i] = float(np.sum(diff * d)) if d is not None else float(diff)
     return xp.asarray(grad.reshape(tuple(x.shape)), dtype=x64.dtype, device=device)
+
+
+def _check_output_shape(shape: tuple[int, ...], dout: np.ndarray | None) -> None:
+    """``f(x)`` must be a scalar (no ``dout``) or have ``dout``'s shape; no broadcasting."""
+    if dout is None and shape != ():
+        raise ValueError(
+            f"f(x) must return a scalar for numerical_gradient, got shape {shape}; "
+            f"use numerical_gradient_array(f, x, dout) for array-valued f"
+        )
+    if dout is not None and shape != dout.shape:
+        raise ValueError(f"dout must have the shape of f(x) {shape}, got shape {dout.shape}")
 
 
 def rel_error(a: Any, b: Any) -> float:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import functools
 from typing import Any, Protocol
 
+from .._backend import device
 from .._dtypes import compute_dtype
 from .._reduction import reduce_loss, row_coefficients, row_loss
 from .._typing import Array
@@ -100,7 +101,7 @@ def fused_softmax_loss(
     xp, s, y = inp.xp, inp.scores, inp.y
     n, c = s.shape
     fdt = compute_dtype(xp, s.dtype)
-    dev = _device(s)
+    dev = device(s)
 
     vec = lambda: xp.empty((n,), dtype=fdt, device=dev)  # noqa: E731
     m, l, t = vec(), vec(), vec()  # noqa: E741 (the l of the docstring)
@@ -143,9 +144,3 @@ def softmax_loss(inp: LossInputs, *, out: Array | None = None) -> tuple[Array, A
 
         return reference_softmax_loss(inp, out=out)
     return fused_softmax_loss(inp, _cupy_launch, out=out)
-
-
-def _device(x: Array) -> Any:
-    import array_api_compat as compat
-
-    return compat.device(x)

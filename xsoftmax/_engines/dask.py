@@ -53,9 +53,9 @@ import os
 import warnings
 from typing import Any
 
-from .._backend import array_namespace, backend_name
+from .._backend import array_namespace, backend_name, device
 from .._dtypes import compute_dtype
-from .._reduction import row_coefficients
+from .._reduction import inverse_denominator, mean_of_total, row_coefficients
 from .._typing import Array, DType
 from .._validate import LossInputs
 
@@ -129,11 +129,20 @@ def softmax_loss(inp: LossInputs, *, out: Array | None = None) -> tuple[Array, A
         token="xsoftmax-dscores",
         meta=meta2,
     )
-    rows = da.blockwise(operator.itemgetter(1), "i", pair, "i", token="xsoftmax-row-loss", meta=meta1)
+    # "none": the row losses; otherwise each block's sum, one value per block.
+    rows = da.blockwise(
+        operator.itemgetter(1),
+        "i",
+        pair,
+        "i",
+        adjust_chunks=None if inp.reduction == "none" else {"i": 1},
+        token="xsoftmax-row-loss",
+        meta=meta1,
+    )
     if inp.reduction == "none":
         return rows, dscores
-    # Row losses are summed in the compute dtype, as the reference does: a
-    # float16 running sum of N terms of size ~log C loses digits, then overflows.
+    # Block sums are added in the compute dtype: a float16 running sum of N
+    # terms of size ~log C loses digits, then overflows.
     total = rows.sum(dtype=cdt)
     if inp.reduction == "mean":
         total = da.blockwise(
@@ -234,8 +243,8 @@ def _block_kernel(
 
     ``s`` is ``[scores_b]`` and ``extra`` holds ``[weight]`` (if any), then
     the 0-d ``D`` (for "mean"): one-block lists along the class axis.
-    ``rows_b`` are per-row losses, already divided by ``D`` for "mean"
-    (module docstring).
+    ``rows_b`` are the per-row losses ("none"), or their sum as a ``(1,)``
+    array, already divided by ``D`` for "mean" (module docstring).
     """
     (s,) = s
     xp = array_namespace(s)
@@ -247,7 +256,7 @@ def _block_kernel(
     if reduction == "mean":
         denom = xp.astype(xp.asarray(extra[-1]), compute_dtype)
         if w is None:
-            w = xp.ones((num_classes,), dtype=compute_dtype, device=_device(s))
+            w = xp.ones((num_classes,), dtype=compute_dtype, device=device(s))
         else:
             w = xp.astype(w, compute_dtype)
         if float(denom) != 0.0:
@@ -269,23 +278,18 @@ def _block_kernel(
                 dtype=compute_dtype,
             ).valid
     engine = _chunk_engine(xp)
-    rows, d = engine(LossInputs(xp, s, y, w, ignore_index, label_smoothing, "none", False))
+    # "sum" and "none" share the gradient; "sum" adds the row losses inside
+    # the chunk engine in the compute dtype. Returning float16 row shares
+    # row_i / D instead would round them (to subnormals, or to 0 for large N)
+    # before they are added.
+    per_block = "none" if reduction == "none" else "sum"
+    rows, d = engine(LossInputs(xp, s, y, w, ignore_index, label_smoothing, per_block, False))
+    if per_block == "sum":
+        rows = xp.reshape(xp.asarray(rows), (1,))
     if valid is not None:
-        with _quiet_nan():
-            scale = xp.where(valid, 1.0 / denom, xp.zeros_like(denom))
-            d = xp.astype(xp.astype(d, compute_dtype) * xp.expand_dims(scale, axis=1), s.dtype)
+        scale = xp.where(valid, inverse_denominator(xp, denom), xp.zeros_like(denom))
+        d = xp.astype(xp.astype(d, compute_dtype) * xp.expand_dims(scale, axis=1), s.dtype)
     return d, rows
-
-
-def _quiet_nan() -> Any:
-    """NumPy's errstate for the intended 1/0, 0·inf and 0/0 of ``D = 0``.
-
-    These are the results, as in the NumPy engine, not warnings to print on
-    every worker; other chunk types (CuPy) do not warn.
-    """
-    import numpy as np
-
-    return np.errstate(divide="ignore", invalid="ignore")
 
 
 def _chunk_engine(xp: Any) -> Any:
@@ -306,14 +310,8 @@ def _chunk_engine(xp: Any) -> Any:
 
 
 def _finish_mean(total: Array, denom: Array) -> Array:
-    """The mean loss from the sum of row shares; ``Σ rows / D`` (0/0) when ``D = 0``."""
+    """The mean loss from the sum of the row shares ``row_i / D``; NaN when ``D = 0``."""
     if float(denom) != 0.0:
         return total
-    with _quiet_nan():
-        return total / denom
-
-
-def _device(x: Array) -> Any:
-    import array_api_compat as compat
-
-    return compat.device(x)
+    xp = array_namespace(total)
+    return mean_of_total(xp, total, xp.asarray(denom))
