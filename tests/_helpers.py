@@ -20,6 +20,12 @@ TOLERANCES = {
 }
 
 
+#: Engine against engine (fused vs reference: the same math, other rounding):
+#: (rtol, atol as a fraction of the largest |reference| value), by dtype, a
+#: few units of rounding of the dtype the kernels compute and store in.
+ENGINE_TOLERANCES = {"float64": (1e-12, 1e-13), "float32": (8e-6, 2e-6), "float16": (2e-3, 1e-3)}
+
+
 def dtype_name(dtype) -> str:
     return str(dtype).rsplit(".", 1)[-1].replace("'>", "").replace("dtype(", "").strip("')\"")
 

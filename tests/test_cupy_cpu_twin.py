@@ -22,6 +22,7 @@ from xsoftmax._engines.cupy import fused_softmax_loss
 from xsoftmax._validate import check_loss_inputs, check_out
 
 from _cpu_twin import TwinLauncher, TwinUnavailable, compiler
+from _helpers import ENGINE_TOLERANCES
 
 pytestmark = pytest.mark.cpu_twin
 
@@ -34,9 +35,7 @@ OPTIONS = {
     "smooth": {"label_smoothing": 0.2},
     "all": {"weight": True, "ignore_index": 2, "label_smoothing": 0.1},
 }
-#: (rtol, atol as a fraction of the largest |reference| value), by dtype:
-#: a few units of rounding of the dtype the kernels compute and store in.
-TOL = {"float64": (1e-12, 1e-13), "float32": (8e-6, 2e-6), "float16": (2e-3, 1e-3)}
+TOL = ENGINE_TOLERANCES
 
 
 @pytest.fixture(scope="session")

@@ -15,10 +15,11 @@ import xsoftmax as xs
 from xsoftmax._backend import get_namespace
 from xsoftmax._engines import select_engine
 
+from _helpers import ENGINE_TOLERANCES
+
 pytestmark = pytest.mark.gpu
 
-#: (rtol, atol as a fraction of the largest |reference| value), by dtype.
-TOL = {"float64": (1e-12, 1e-13), "float32": (8e-6, 2e-6), "float16": (2e-3, 1e-3)}
+TOL = ENGINE_TOLERANCES
 
 
 @pytest.fixture(scope="module")
