@@ -291,6 +291,43 @@ def test_bitwise_identical_across_threads_and_blocks(c, dtype, opts, monkeypatch
     _same_bits(default[1], expected[1])
 
 
+@pytest.mark.parametrize("c", [1000, 8200, 20001])
+def test_long_rows_single_row_blocks(c):
+    """Row sums of long rows (einsum) do not depend on the rows beside them.
+
+    Blocks of one row take another code path than blocks of several; rows
+    longer than NumPy's 8192-element buffer are where a 1-D sum would differ.
+    """
+    scores, y, kw = _problem(7, c, opts={"label_smoothing": 0.1}, seed=12, scale=30.0)
+    expected = _run(scores, y, num_threads=1, block_rows=7, **kw)
+    for threads, block in [(1, 1), (2, 1), (1, 2), (3, 3), (2, 4)]:
+        loss, d = _run(scores, y, num_threads=threads, block_rows=block, **kw)
+        _same_bits(loss, expected[0])
+        _same_bits(d, expected[1])
+    ref_loss, ref_d = xs.softmax_loss(scores, y, engine="reference", **kw)
+    np.testing.assert_allclose(expected[0], ref_loss, rtol=2e-5)
+    np.testing.assert_allclose(expected[1], ref_d, rtol=2e-4, atol=1e-9)
+
+
+@pytest.mark.parametrize("opts", OPTIONS, ids=_ids)
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_small_c_transposed_blocks(dtype, opts):
+    """Short rows (worked on transposed): blocks and tasks cut anywhere, same bits."""
+    n, c = 3000, 10
+    scores, y, kw = _problem(n, c, dtype, opts=opts, seed=13)
+    expected = _run(scores, y, num_threads=1, block_rows=n, **kw)
+    for threads, block in [(2, 1), (3, 7), (2, 1024), (1, 2999), (2, None)]:
+        loss, d = _run(scores, y, num_threads=threads, block_rows=block, **kw)
+        _same_bits(loss, expected[0])
+        _same_bits(d, expected[1])
+    ref_loss, ref_d = xs.softmax_loss(scores, y, engine="reference", **kw)
+    tol = dict(rtol=2e-5, atol=1e-6) if dtype == np.float32 else dict(rtol=1e-3, atol=1e-5)
+    np.testing.assert_allclose(expected[0], ref_loss, **tol)
+    np.testing.assert_allclose(
+        np.asarray(expected[1], np.float32), np.asarray(ref_d, np.float32), **tol
+    )
+
+
 @pytest.mark.parametrize("c", [10, 64])
 def test_many_blocks_and_chunks(c):
     """Real chunk size, several chunks, blocks aligned or not with them."""
