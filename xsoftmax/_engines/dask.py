@@ -279,9 +279,9 @@ def _block_kernel(
             ).valid
     engine = _chunk_engine(xp)
     # "sum" and "none" share the gradient; "sum" adds the row losses inside
-    # the chunk engine in the compute dtype. Returning float16 row shares
-    # row_i / D instead would round them (to subnormals, or to 0 for large N)
-    # before they are added.
+    # the chunk engine in the compute dtype and rounds only the block's total
+    # to the input dtype. Returning float16 row shares row_i / D instead would
+    # round each of them (to subnormals, or to 0 for large N) before adding.
     per_block = "none" if reduction == "none" else "sum"
     rows, d = engine(LossInputs(xp, s, y, w, ignore_index, label_smoothing, per_block, False))
     if per_block == "sum":
