@@ -48,6 +48,7 @@ from ._typing import Array, ArrayNamespace, DType
 __all__ = [
     "RowCoefficients",
     "inverse_denominator",
+    "label_weights",
     "mean_of_total",
     "reduce_loss",
     "row_coefficients",
@@ -68,6 +69,31 @@ class RowCoefficients(NamedTuple):
     valid: Array  # bool, row not ignored
 
 
+def label_weights(
+    xp: ArrayNamespace,
+    y: Array,
+    *,
+    num_classes: int,
+    weight: Array | None,
+    ignore_index: int | None,
+    dtype: DType,
+) -> tuple[Array, Array]:
+    """``(v, v·w_y)``: which rows count, and each row's weight ``v_i w_{y_i}``.
+
+    ``Σ_i v_i w_{y_i}`` is the "mean" denominator ``D``; engines that see the
+    labels one block at a time add it up from this, block by block.
+    """
+    if ignore_index is None:
+        valid = xp.ones_like(y, dtype=xp.bool)  # ones_like: y may have unknown length (Dask)
+    else:
+        valid = y != ignore_index
+    vf = xp.astype(valid, dtype)
+    if weight is None:
+        return valid, vf
+    safe_y = xp.where(valid, y, xp.zeros_like(y))  # ignored labels may be out of range
+    return valid, xp.take(xp.astype(weight, dtype), safe_y) * vf
+
+
 def row_coefficients(
     xp: ArrayNamespace,
     y: Array,
@@ -78,27 +104,26 @@ def row_coefficients(
     label_smoothing: float,
     reduction: str,
     dtype: DType,
+    denom: Array | None = None,
 ) -> RowCoefficients:
-    """The coefficients α, β, D, a, b, c of the module docstring, in ``dtype``."""
-    if ignore_index is None:
-        valid = xp.ones_like(y, dtype=xp.bool)  # ones_like: y may have unknown length (Dask)
-    else:
-        valid = y != ignore_index
-    vf = xp.astype(valid, dtype)
-    if weight is None:
-        wy = vf
-        wsum: Array | float = float(num_classes)
-    else:
-        w = xp.astype(weight, dtype)
-        safe_y = xp.where(valid, y, xp.zeros_like(y))  # ignored labels may be out of range
-        wy = xp.take(w, safe_y) * vf
-        wsum = xp.sum(w)
+    """The coefficients α, β, D, a, b, c of the module docstring, in ``dtype``.
+
+    ``denom``: for "mean" over labels ``y`` that are one block of a larger
+    batch, the whole batch's ``D`` (default: ``Σ`` over ``y`` itself).
+    """
+    valid, wy = label_weights(
+        xp, y, num_classes=num_classes, weight=weight, ignore_index=ignore_index, dtype=dtype
+    )
+    vf = wy if weight is None else xp.astype(valid, dtype)
+    wsum: Array | float = float(num_classes) if weight is None else xp.sum(xp.astype(weight, dtype))
     eps = label_smoothing
     alpha = wy * (1.0 - eps) if eps else wy
     beta = vf * (eps / num_classes) if eps else None
     if reduction == "mean":
-        denom = xp.sum(wy)
-        scale = xp.where(valid, inverse_denominator(xp, denom), xp.zeros_like(vf))
+        denom = xp.sum(wy) if denom is None else denom
+        inv = inverse_denominator(xp, denom)
+        # Kept rows 1/D, ignored rows exactly 0 (also when D = 0).
+        scale = inv if ignore_index is None else xp.where(valid, inv, xp.zeros_like(vf))
     else:
         denom = None
         scale = vf

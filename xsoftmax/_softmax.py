@@ -27,7 +27,7 @@ from ._dtypes import compute_dtype
 from ._engines import select_engine
 from ._reduction import reduce_loss, row_coefficients, row_loss
 from ._typing import Array, ArrayNamespace
-from ._validate import LossInputs, check_floating, check_loss_inputs, check_out
+from ._validate import LossInputs, bad_labels, check_floating, check_loss_inputs, check_out
 
 __all__ = [
     "log_softmax",
@@ -151,9 +151,7 @@ def reference_softmax_loss(inp: LossInputs, *, out: Array | None = None) -> tupl
         d = d - col(coef.b) * (w if w is not None else scalar_like(xp, 1.0, z))
     if inp.labels_unchecked:
         # Traced JAX labels cannot raise; a bad label poisons its row with NaN.
-        bad = (y < 0) | (y >= c)
-        if inp.ignore_index is not None:
-            bad = bad & (y != inp.ignore_index)
+        bad = bad_labels(y, c, inp.ignore_index)
         nan = scalar_like(xp, float("nan"), z)
         rows = xp.where(bad, nan, rows)
         d = xp.where(col(bad), nan, d)

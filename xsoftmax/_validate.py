@@ -20,6 +20,7 @@ from ._typing import Array, ArrayNamespace
 
 __all__ = [
     "LossInputs",
+    "bad_labels",
     "check_floating",
     "check_labels",
     "check_loss_inputs",
@@ -105,6 +106,14 @@ def label_error(row: int, value: int, num_classes: int, ignore_index: int | None
     return ValueError(f"y[{row}] = {value} is out of range: labels must be in {allowed}")
 
 
+def bad_labels(y: Array, num_classes: int, ignore_index: int | None) -> Array:
+    """Boolean mask of labels outside ``[0, C)`` that are not ``ignore_index``."""
+    bad = (y < 0) | (y >= num_classes)
+    if ignore_index is not None:
+        bad = bad & (y != ignore_index)
+    return bad
+
+
 def check_labels(
     xp: ArrayNamespace, y: Array, num_classes: int, ignore_index: int | None
 ) -> tuple[Array, bool]:
@@ -121,9 +130,7 @@ def check_labels(
         return _dask_checked_labels(y, num_classes, ignore_index), False
     if is_lazy(y):
         return y, True
-    bad = (y < 0) | (y >= num_classes)
-    if ignore_index is not None:
-        bad = bad & (y != ignore_index)
+    bad = bad_labels(y, num_classes, ignore_index)
     any_bad = xp.any(bad)
     if is_lazy(any_bad):
         # Under jax.jit every operation is traced, even on labels closed over
@@ -139,9 +146,7 @@ def _dask_checked_labels(y: Array, num_classes: int, ignore_index: int | None) -
     import numpy as np
 
     def check_block(block: Any, block_info: Any = None) -> Any:
-        bad = (block < 0) | (block >= num_classes)
-        if ignore_index is not None:
-            bad &= block != ignore_index
+        bad = bad_labels(block, num_classes, ignore_index)
         if bool(bad.any()):
             local = int(np.argmax(bad.get() if hasattr(bad, "get") else bad))
             offset = block_info[0]["array-location"][0][0] if block_info else 0

@@ -55,7 +55,7 @@ from typing import Any
 
 from .._backend import array_namespace, backend_name, device
 from .._dtypes import compute_dtype
-from .._reduction import inverse_denominator, mean_of_total, row_coefficients
+from .._reduction import inverse_denominator, label_weights, mean_of_total
 from .._typing import Array, DType
 from .._validate import LossInputs
 
@@ -208,24 +208,17 @@ def _denominator(y: Array, w: Array | None, c: int, ignore_index: int | None, cd
 def _block_denominator(
     y: Array, w: Array | None = None, *, num_classes: int, ignore_index: int | None, compute_dtype: DType
 ) -> Array:
-    """``D_b = Σ_{i∈B_b} v_i w_{y_i}`` as a ``(1,)`` array.
-
-    Without smoothing ``α_i = v_i w_{y_i}``, so ``D_b = Σ α_i``; the "sum"
-    reduction is asked for because "mean" would divide by this block's own
-    (possibly zero) denominator.
-    """
+    """``D_b = Σ_{i∈B_b} v_i w_{y_i}`` as a ``(1,)`` array (see ``label_weights``)."""
     xp = array_namespace(y)
-    coef = row_coefficients(
+    _, wy = label_weights(
         xp,
         y,
         num_classes=num_classes,
         weight=None if w is None else xp.asarray(w),
         ignore_index=ignore_index,
-        label_smoothing=0.0,
-        reduction="sum",
         dtype=compute_dtype,
     )
-    return xp.reshape(xp.sum(coef.alpha), (1,))
+    return xp.reshape(xp.sum(wy), (1,))
 
 
 def _block_kernel(
@@ -267,16 +260,14 @@ def _block_kernel(
             # where(v_i, 1/D, 0) is applied after the call: ignored rows keep
             # an exact 0 gradient, the others become NaN, and the loss is
             # 0/0 = NaN (_finish_mean), as in the reference and PyTorch.
-            valid = row_coefficients(
+            valid, _ = label_weights(
                 xp,
                 y,
                 num_classes=num_classes,
                 weight=None,
                 ignore_index=ignore_index,
-                label_smoothing=0.0,
-                reduction="sum",
                 dtype=compute_dtype,
-            ).valid
+            )
     engine = _chunk_engine(xp)
     # "sum" and "none" share the gradient; "sum" adds the row losses inside
     # the chunk engine in the compute dtype and rounds only the block's total

@@ -66,7 +66,7 @@ from numpy.lib.stride_tricks import as_strided
 from .._dtypes import compute_dtype
 from .._reduction import (
     RowCoefficients,
-    inverse_denominator,
+    label_weights,
     mean_of_total,
     row_coefficients,
     row_loss,
@@ -136,7 +136,7 @@ class _Problem(NamedTuple):
     ignore_index: int | None
     label_smoothing: float
     reduction: str
-    inv_denom: Any  # 1/D for "mean" (NaN when D = 0), else None
+    denom: Any  # D of the whole batch for "mean", else None
     row_losses: np.ndarray | None  # (N,) output of reduction="none"
     sums: _ChunkSums | None  # the row losses' sum otherwise
     cdt: np.dtype  # compute dtype
@@ -205,8 +205,7 @@ def softmax_loss(
         ignore_index=inp.ignore_index,
         label_smoothing=inp.label_smoothing,
         reduction=inp.reduction,
-        # As row_coefficients: 1/D, or NaN for the kept rows when D = 0.
-        inv_denom=None if denom is None else inverse_denominator(np, denom),
+        denom=denom,
         row_losses=np.empty(n, dtype=scores.dtype) if inp.reduction == "none" else None,
         sums=None if inp.reduction == "none" else _ChunkSums(n, cdt),
         cdt=cdt,
@@ -243,22 +242,19 @@ def _same_view(a: np.ndarray, b: np.ndarray) -> bool:
 def _denominator(xp, y, weight, c, ignore_index, cdt) -> Any:
     """``D = Σ_i v_i w_{y_i}`` of the whole batch, summed in chunks of :data:`CHUNK_ROWS`.
 
-    Without smoothing and with ``reduction="sum"``, ``row_coefficients``
-    gives ``α_i = v_i w_{y_i}``; chunks keep the label temporaries small.
+    Chunks keep the label temporaries small and fix the order of the sum.
     """
     parts = np.empty(math.ceil(len(y) / CHUNK_ROWS), dtype=cdt)
     for j in range(len(parts)):
-        coef = row_coefficients(
+        _, wy = label_weights(
             xp,
             y[j * CHUNK_ROWS : (j + 1) * CHUNK_ROWS],
             num_classes=c,
             weight=weight,
             ignore_index=ignore_index,
-            label_smoothing=0.0,
-            reduction="sum",
             dtype=cdt,
         )
-        parts[j] = np.add.reduce(coef.alpha)
+        parts[j] = np.add.reduce(wy)
     return np.add.reduce(parts)
 
 
@@ -332,32 +328,18 @@ class _Scratch:
 
 
 def _coefficients(p: _Problem, r0: int, r1: int) -> RowCoefficients:
-    """The coefficients of rows ``r0:r1``.
-
-    For "mean" these are the "sum" coefficients times ``1/D`` of the whole
-    batch on kept rows and exactly 0 on ignored ones, which is the rule
-    ``row_coefficients`` applies when it sees the whole batch at once.
-    """
-    coef = row_coefficients(
+    """The coefficients of rows ``r0:r1``, with the whole batch's "mean" denominator."""
+    return row_coefficients(
         p.xp,
         p.y[r0:r1],
         num_classes=p.out.shape[1],
         weight=p.weight,
         ignore_index=p.ignore_index,
         label_smoothing=p.label_smoothing,
-        reduction="sum" if p.reduction == "mean" else p.reduction,
+        reduction=p.reduction,
         dtype=p.cdt,
+        denom=p.denom,
     )
-    if p.inv_denom is None:
-        return coef
-    if p.ignore_index is None:  # every row kept: the same products, one call fewer
-        scale = p.inv_denom
-    else:
-        scale = np.where(coef.valid, p.inv_denom, p.cdt.type(0))
-    a = coef.a * scale
-    b = None if coef.b is None else coef.b * scale
-    c = a if coef.c is coef.a else coef.c * scale
-    return coef._replace(a=a, b=b, c=c)
 
 
 def _task(p: _Problem, r0: int, r1: int, scratch: _Scratch) -> None:
