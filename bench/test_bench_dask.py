@@ -35,19 +35,14 @@ da = pytest.importorskip("dask.array")
 distributed = pytest.importorskip("distributed")
 
 import xsoftmax as xs  # noqa: E402
-from xsoftmax.bench import gather_blocks  # noqa: E402
+from xsoftmax.bench import gather_blocks, parse_shape  # noqa: E402
 
 ROUNDS = 7
 
 
 def _shape() -> tuple[int, int, int]:
-    text = os.environ.get("XSOFTMAX_BENCH_DASK_SHAPE", "262144x1024")
-    try:
-        n, c = (int(v) for v in text.lower().split("x"))
-        k = int(os.environ.get("XSOFTMAX_BENCH_DASK_CHUNKS", "4"))
-    except ValueError:
-        raise ValueError(f"XSOFTMAX_BENCH_DASK_SHAPE must look like 262144x1024, got {text!r}") from None
-    return n, c, k
+    n, c = parse_shape(os.environ.get("XSOFTMAX_BENCH_DASK_SHAPE", "262144x1024"))
+    return n, c, int(os.environ.get("XSOFTMAX_BENCH_DASK_CHUNKS", "4"))
 
 
 @pytest.fixture(scope="module")

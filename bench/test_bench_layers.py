@@ -16,14 +16,11 @@ import pytest
 from _suite import DTYPES, MEASURED, _env, record, shape_id
 
 import xsoftmax as xs
+from xsoftmax.bench import parse_shape
 
 
-def _layer_shapes(text: str) -> list[tuple[int, int, int]]:
-    shapes = []
-    for item in text.split(","):
-        n, d, m = (int(v) for v in item.lower().split("x"))
-        shapes.append((n, d, m))
-    return shapes
+def _layer_shapes(text: str) -> list[tuple[int, ...]]:
+    return [parse_shape(item, "NxDxM") for item in text.split(",") if item.strip()]
 
 
 #: N×D×M: a batch of 2048 rows through a 1024 → 512 layer (1 GFLOP forward).

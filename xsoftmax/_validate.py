@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import numbers
 from typing import Any, NamedTuple
 
 from ._backend import array_namespace, backend_name, is_lazy
@@ -25,6 +26,7 @@ __all__ = [
     "check_labels",
     "check_loss_inputs",
     "check_out",
+    "check_positive_int",
     "check_same_device",
     "label_error",
 ]
@@ -58,6 +60,13 @@ def _wide_labels(xp: ArrayNamespace, y: Array, num_classes: int, ignore_index: i
     i32 = xp.iinfo(xp.int32)
     fits32 = all(i32.min <= v <= i32.max for v in extremes)
     return xp.astype(y, xp.int32 if fits32 else xp.int64)
+
+
+def check_positive_int(value: Any, name: str) -> int:
+    """``value`` as an ``int`` ≥ 1 (Python or NumPy integer, not bool), else ``ValueError``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
 
 
 def check_floating(xp: ArrayNamespace, x: Array, name: str) -> None:

@@ -54,6 +54,7 @@ __all__ = [
     "machine_info",
     "make_case",
     "make_peer",
+    "parse_shape",
     "max_abs_err",
     "naive_softmax_loss",
     "plan",
@@ -443,18 +444,27 @@ def machine_info(status: dict[str, str]) -> dict[str, Any]:
 # --------------------------------------------------------------------------- CLI
 
 
-def _shape(text: str) -> tuple[int, int]:
+def parse_shape(text: str, names: str = "NxC") -> tuple[int, ...]:
+    """``"16384x1024"`` -> ``(16384, 1024)``; ``names`` ("NxC", "NxDxM") gives the rank.
+
+    Raises ``argparse.ArgumentTypeError`` (a ``ValueError`` is not one) with
+    the expected form, so the CLI and the bench suite's environment
+    variables report a typo the same way.
+    """
+    rank = names.count("x") + 1
     try:
-        n, c = (int(v) for v in text.lower().split("x"))
+        dims = tuple(int(v) for v in text.lower().split("x"))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"a shape is NxC, e.g. 16384x1024; got {text!r}") from None
-    if n < 1 or c < 1:
-        raise argparse.ArgumentTypeError(f"a shape needs N >= 1 and C >= 1; got {text!r}")
-    return n, c
+        dims = ()
+    if len(dims) != rank:
+        raise argparse.ArgumentTypeError(f"a shape is {names}, e.g. {'x'.join(['64'] * rank)}; got {text!r}")
+    if min(dims) < 1:
+        raise argparse.ArgumentTypeError(f"a shape needs every size >= 1; got {text!r}")
+    return dims
 
 
-def _shapes(text: str) -> list[tuple[int, int]]:
-    return [_shape(t) for t in text.split(",") if t.strip()]
+def _shapes(text: str) -> list[tuple[int, ...]]:
+    return [parse_shape(t) for t in text.split(",") if t.strip()]
 
 
 def _names(choices: tuple[str, ...]) -> Callable[[str], list[str]]:

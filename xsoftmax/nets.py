@@ -34,14 +34,9 @@ from ._backend import array_namespace, asarray, get_backend
 from ._layers import affine_backward, affine_forward, affine_relu_backward, affine_relu_forward
 from ._softmax import softmax_loss
 from ._typing import Array
+from ._validate import check_positive_int
 
 __all__ = ["FullyConnectedNet", "TwoLayerNet"]
-
-
-def _positive_int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
 
 
 def _non_negative(value: Any, name: str) -> float:
@@ -93,9 +88,9 @@ class FullyConnectedNet:
             raise ValueError(f"hidden_dims must be a sequence of widths, got {hidden_dims!r}")
         if len(hidden_dims) == 0:
             raise ValueError("hidden_dims must name at least one hidden layer, got an empty sequence")
-        dims = [_positive_int(input_dim, "input_dim")]
-        dims += [_positive_int(h, f"hidden_dims[{i}]") for i, h in enumerate(hidden_dims)]
-        dims.append(_positive_int(num_classes, "num_classes"))
+        dims = [check_positive_int(input_dim, "input_dim")]
+        dims += [check_positive_int(h, f"hidden_dims[{i}]") for i, h in enumerate(hidden_dims)]
+        dims.append(check_positive_int(num_classes, "num_classes"))
         self.reg = _non_negative(reg, "reg")
         weight_scale = _non_negative(weight_scale, "weight_scale")
         self.backend = get_backend() if backend is None else backend

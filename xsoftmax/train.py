@@ -26,6 +26,7 @@ import numpy as np
 
 from ._backend import array_namespace
 from ._typing import Array
+from ._validate import check_positive_int
 
 __all__ = ["UPDATE_RULES", "Solver", "adam", "sgd", "sgd_momentum"]
 
@@ -150,12 +151,9 @@ class Solver:
         self.optim_config = dict(optim_config or {})
         if not lr_decay > 0:
             raise ValueError(f"lr_decay must be > 0, got {lr_decay!r}")
-        for name, value in (("batch_size", batch_size), ("num_epochs", num_epochs)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
         self.lr_decay = lr_decay
-        self.batch_size = batch_size
-        self.num_epochs = num_epochs
+        self.batch_size = check_positive_int(batch_size, "batch_size")
+        self.num_epochs = check_positive_int(num_epochs, "num_epochs")
         self.num_train_samples = num_train_samples
         self.verbose = verbose
         self.print_every = print_every or max(1, num_epochs // 10)

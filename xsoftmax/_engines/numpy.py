@@ -72,7 +72,7 @@ from .._reduction import (
     row_loss,
 )
 from .._typing import ArrayNamespace
-from .._validate import LossInputs
+from .._validate import LossInputs, check_positive_int
 
 __all__ = ["NUM_THREADS_ENV", "default_num_threads", "softmax_loss"]
 
@@ -108,21 +108,11 @@ def default_num_threads() -> int:
     """``XSOFTMAX_NUM_THREADS`` if set, else the number of CPUs this process may use."""
     env = os.environ.get(NUM_THREADS_ENV, "").strip()
     if env:
-        return _positive(env, NUM_THREADS_ENV)
+        return check_positive_int(int(env) if env.isdigit() else env, NUM_THREADS_ENV)
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
-
-
-def _positive(value: Any, name: str) -> int:
-    """``value`` as an int ≥ 1 (ints, or strings of digits), else ``ValueError``."""
-    ok = isinstance(value, int) and not isinstance(value, bool)
-    if isinstance(value, str) and value.strip().isdigit():
-        value, ok = int(value), True
-    if not ok or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return value
 
 
 class _Problem(NamedTuple):
@@ -166,7 +156,7 @@ def softmax_loss(
     n, c = scores.shape
     cdt = np.dtype(compute_dtype(xp, scores.dtype))
     if num_threads is not None:
-        threads = _positive(num_threads, "num_threads")
+        threads = check_positive_int(num_threads, "num_threads")
     elif c <= SMALL_C and not os.environ.get(NUM_THREADS_ENV, "").strip():
         # Short rows are bound by NumPy's per-call overhead, which holds the
         # GIL: one thread with twice the block (same memory) measured 10-15%
@@ -177,7 +167,7 @@ def softmax_loss(
     if block_rows is None:
         budget = SMALL_C_BLOCK_BYTES // threads if c <= SMALL_C else BLOCK_BYTES
         block_rows = min(MAX_BLOCK_ROWS, max(1, budget // (c * cdt.itemsize)))
-    block_rows = min(_positive(block_rows, "block_rows"), max(n, 1))
+    block_rows = min(check_positive_int(block_rows, "block_rows"), max(n, 1))
 
     final = None  # a caller's `out` that cannot be written block by block
     fresh = out is None
