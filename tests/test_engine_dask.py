@@ -284,8 +284,9 @@ def test_inputs_are_not_modified():
 @pytest.mark.parametrize("env_threads", [None, "3"])
 def test_each_block_runs_the_numpy_engine_once(monkeypatch, env_threads):
     # NumPy-backed chunks go to the fused NumPy engine (not the generic code),
-    # one call per row block, with the block sum ("sum": the gradient of
-    # "none", the row losses added in the compute dtype), on one thread unless XSOFTMAX_NUM_THREADS says otherwise.
+    # one call per row block, with the user's reduction ("mean", given the
+    # whole batch's D) so the block's rows are added in the compute dtype,
+    # on one thread unless XSOFTMAX_NUM_THREADS says otherwise.
     import xsoftmax._engines.numpy as numpy_engine
 
     calls = []
@@ -310,7 +311,7 @@ def test_each_block_runs_the_numpy_engine_once(monkeypatch, env_threads):
     assert not calls  # lazy
     dask.compute(loss, d, scheduler="threads")
     threads = 1 if env_threads is None else None  # None: the engine reads the variable
-    assert sorted(calls, key=str) == [(np.ndarray, (ROWS, C), "sum", threads)] * 4
+    assert sorted(calls, key=str) == [(np.ndarray, (ROWS, C), "mean", threads)] * 4
 
 
 @pytest.mark.gpu

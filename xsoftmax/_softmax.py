@@ -142,6 +142,7 @@ def reference_softmax_loss(inp: LossInputs, *, out: Array | None = None) -> tupl
         label_smoothing=inp.label_smoothing,
         reduction=inp.reduction,
         dtype=s.dtype,
+        denom=inp.denom,
     )
     rows = row_loss(xp, coef, l, t, u)
 

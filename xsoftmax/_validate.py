@@ -105,6 +105,9 @@ class LossInputs(NamedTuple):
     #: True when the labels could not be range-checked (traced JAX arrays):
     #: engines must then turn rows with bad labels into NaN.
     labels_unchecked: bool
+    #: For "mean" over a block of a larger batch (the Dask engine's chunks):
+    #: the whole batch's denominator D, 0-d; None means "from these labels".
+    denom: Array | None = None
 
 
 def label_error(row: int, value: int, num_classes: int, ignore_index: int | None) -> ValueError:

@@ -118,6 +118,7 @@ def fused_softmax_loss(
         label_smoothing=inp.label_smoothing,
         reduction=inp.reduction,
         dtype=fdt,
+        denom=inp.denom,
     )
     # Without smoothing b = 0 and w never matters: w = 1 keeps 0 · w exactly 0.
     w_or_one = w if w is not None else xp.ones((c,), dtype=fdt, device=dev)

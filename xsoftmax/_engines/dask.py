@@ -10,21 +10,13 @@ coefficients ``α, β, a, b, c``) except the "mean" denominator
 a sum over *all* rows. Without weights and ``ignore_index`` it is ``N``;
 otherwise it depends on the labels only, so it is computed first (one task
 per label block, then a tree sum: ``N`` integers read, no scores), and each
-block's kernel receives it as a 0-d input. The kernel folds ``1/D`` into the
-class weights instead of rescaling the gradient afterwards:
-with ``w' = w / D`` (``w ≡ 1`` without weights) and the per-row reduction
-("none", where the row scale is ``v_i``),
-
-.. math::
-
-    α'_i = α_i / D = a_i, \quad β'_i w'_k = b_i w_k, \quad
-    α'_i + β'_i W' = c_i, \quad
-    \text{row}'_i = α'_i (l_i − t_i) + β'_i (W' l_i − u'_i) = \text{row}_i / D,
-
-because ``β_i = v_i ε / C`` does not involve ``w`` while ``W`` and ``u`` are
-linear in it. So one call of the chunk engine gives exactly the "mean"
-gradient of its rows and their share of the mean loss, with no extra pass
-over the ``(N_b, C)`` block; the loss is the tree sum of the row shares.
+block's kernel receives it as a 0-d input. The chunk engine takes it as
+``LossInputs.denom`` (:func:`~xsoftmax._reduction.row_coefficients` uses
+the whole batch's ``D`` instead of its block's), so one call gives exactly
+the "mean" gradient of the block's rows and the block's share
+``Σ_{i∈B_b} row_i / D`` of the mean loss, with no extra pass over the
+``(N_b, C)`` block; the loss is the tree sum of the shares (NaN when
+``D = 0``, as every share is).
 
 Graph (``K`` blocks): label check ``K``; ``D_b`` ``K`` and their tree sum
 ``K + O(log K)`` (only when ``D`` depends on the labels); the kernel ``K``
@@ -53,9 +45,9 @@ import os
 import warnings
 from typing import Any
 
-from .._backend import array_namespace, backend_name, device
+from .._backend import array_namespace, backend_name
 from .._dtypes import compute_dtype
-from .._reduction import inverse_denominator, label_weights, mean_of_total
+from .._reduction import label_weights
 from .._typing import Array, DType
 from .._validate import LossInputs
 
@@ -141,20 +133,9 @@ def softmax_loss(inp: LossInputs, *, out: Array | None = None) -> tuple[Array, A
     )
     if inp.reduction == "none":
         return rows, dscores
-    # Block sums are added in the compute dtype: a float16 running sum of N
-    # terms of size ~log C loses digits, then overflows.
+    # Block totals (each already divided by D for "mean") are added in the
+    # compute dtype: a float16 running sum loses digits, then overflows.
     total = rows.sum(dtype=cdt)
-    if inp.reduction == "mean":
-        total = da.blockwise(
-            _finish_mean,
-            (),
-            total,
-            (),
-            denom,
-            None if isinstance(denom, float) else (),
-            token="xsoftmax-mean",
-            meta=total._meta,
-        )
     return total.astype(s.dtype), dscores
 
 
@@ -245,41 +226,17 @@ def _block_kernel(
     # scores) follow the scores onto their device.
     y = xp.asarray(y)
     w = xp.asarray(extra[0][0]) if has_weight else None
-    valid = None  # set when D = 0
+    denom = None
     if reduction == "mean":
         denom = xp.astype(xp.asarray(extra[-1]), compute_dtype)
-        if w is None:
-            w = xp.ones((num_classes,), dtype=compute_dtype, device=device(s))
-        else:
-            w = xp.astype(w, compute_dtype)
-        if float(denom) != 0.0:
-            w = w / denom
-        else:
-            # D = 0 (every row ignored, or only zero-weight classes present):
-            # 1/D cannot be folded into w, so the reference's row scale
-            # where(v_i, 1/D, 0) is applied after the call: ignored rows keep
-            # an exact 0 gradient, the others become NaN, and the loss is
-            # 0/0 = NaN (_finish_mean), as in the reference and PyTorch.
-            valid, _ = label_weights(
-                xp,
-                y,
-                num_classes=num_classes,
-                weight=None,
-                ignore_index=ignore_index,
-                dtype=compute_dtype,
-            )
-    engine = _chunk_engine(xp)
-    # "sum" and "none" share the gradient; "sum" adds the row losses inside
-    # the chunk engine in the compute dtype and rounds only the block's total
-    # to the input dtype. Returning float16 row shares row_i / D instead would
-    # round each of them (to subnormals, or to 0 for large N) before adding.
-    per_block = "none" if reduction == "none" else "sum"
-    rows, d = engine(LossInputs(xp, s, y, w, ignore_index, label_smoothing, per_block, False))
-    if per_block == "sum":
+    # "mean" and "sum" add the block's row losses inside the chunk engine, in
+    # the compute dtype, and round only the block's total to the input dtype:
+    # float16 row shares row_i / D would each round (to subnormals, or to 0
+    # for large N) before being added.
+    inp = LossInputs(xp, s, y, w, ignore_index, label_smoothing, reduction, False, denom)
+    rows, d = _chunk_engine(xp)(inp)
+    if reduction != "none":
         rows = xp.reshape(xp.asarray(rows), (1,))
-    if valid is not None:
-        scale = xp.where(valid, inverse_denominator(xp, denom), xp.zeros_like(denom))
-        d = xp.astype(xp.astype(d, compute_dtype) * xp.expand_dims(scale, axis=1), s.dtype)
     return d, rows
 
 
@@ -298,11 +255,3 @@ def _chunk_engine(xp: Any) -> Any:
         if engine is numpy_engine.softmax_loss and numpy_engine.NUM_THREADS_ENV not in os.environ:
             return functools.partial(engine, num_threads=1)
     return engine
-
-
-def _finish_mean(total: Array, denom: Array) -> Array:
-    """The mean loss from the sum of the row shares ``row_i / D``; NaN when ``D = 0``."""
-    if float(denom) != 0.0:
-        return total
-    xp = array_namespace(total)
-    return mean_of_total(xp, total, xp.asarray(denom))

@@ -185,7 +185,10 @@ def softmax_loss(
     direct = out.dtype == cdt and out.flags.c_contiguous
     denom = None
     if inp.reduction == "mean":
-        denom = _denominator(xp, y, weight, c, inp.ignore_index, cdt)
+        if inp.denom is None:
+            denom = _denominator(xp, y, weight, c, inp.ignore_index, cdt)
+        else:  # one block of a larger batch (the Dask engine)
+            denom = np.asarray(inp.denom, dtype=cdt)
     problem = _Problem(
         xp=xp,
         scores=scores,
