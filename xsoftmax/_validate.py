@@ -16,7 +16,7 @@ import numbers
 import numbers
 from typing import Any, NamedTuple
 
-from ._backend import array_namespace, backend_name, is_lazy
+from ._backend import array_namespace, backend_name, device, is_lazy
 from ._typing import Array, ArrayNamespace
 
 __all__ = [
@@ -77,13 +77,11 @@ def check_floating(xp: ArrayNamespace, x: Array, name: str) -> None:
 
 def check_same_device(xp: ArrayNamespace, names: tuple[str, ...], *arrays: Array) -> None:
     """All non-``None`` arrays must live on one device."""
-    import array_api_compat as compat
-
     first = None
     for name, arr in zip(names, arrays):
         if arr is None or is_lazy(arr):
             continue
-        dev = compat.device(arr)
+        dev = device(arr)
         if first is None:
             first = (name, dev)
         elif dev != first[1]:
@@ -225,6 +223,7 @@ def check_loss_inputs(
 def check_out(xp: ArrayNamespace, out: Any, scores: Array) -> None:
     """``out`` must be a writable array like ``scores`` (same namespace, shape, dtype)."""
     array_namespace(scores, out, names=("scores", "out"))
+    check_same_device(xp, ("scores", "out"), scores, out)
     if _shape(out) != _shape(scores):
         raise ValueError(f"out must have the shape of scores {_shape(scores)}, got {_shape(out)}")
     if out.dtype != scores.dtype:

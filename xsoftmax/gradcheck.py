@@ -14,29 +14,28 @@ from typing import Any
 
 import numpy as np
 
-from ._backend import array_namespace, to_numpy
+from ._backend import array_namespace, device, to_numpy
 from ._typing import Array
+from ._validate import check_floating
 
 __all__ = ["numerical_gradient", "numerical_gradient_array", "rel_error"]
 
 
-def _float64(x: Array) -> tuple[Any, Array]:
-    import array_api_compat as compat
-
+def _float64(x: Array) -> tuple[Any, Array, Any]:
+    """``(xp, x in float64 where the backend has it, x's device)``."""
     xp = array_namespace(x, names=("x",))
-    if not xp.isdtype(x.dtype, "real floating"):
-        raise TypeError(f"x must have a real floating dtype, got {x.dtype}")
+    check_floating(xp, x, "x")
     try:
         x64 = xp.astype(x, xp.float64)
     except Exception:  # a backend/device without float64 (e.g. JAX without x64)
         x64 = x
     if x64.dtype != xp.float64:
         x64 = x  # jax silently keeps float32 without x64
-    return xp, x64, compat.device(x)
+    return xp, x64, device(x)
 
 
-def _basis(xp: Any, x: Array, i: int, h: float, device: Any) -> Array:
-    flat = xp.astype(xp.arange(_size(x), device=device) == i, x.dtype) * h
+def _basis(xp: Any, x: Array, i: int, h: float, dev: Any) -> Array:
+    flat = xp.astype(xp.arange(_size(x), device=dev) == i, x.dtype) * h
     return xp.reshape(flat, x.shape)
 
 
@@ -56,18 +55,18 @@ def numerical_gradient_array(
 
     With ``dout=None``, ``f`` must return a scalar and this is its gradient.
     """
-    xp, x64, device = _float64(x)
+    xp, x64, dev = _float64(x)
     d = None if dout is None else to_numpy(dout).astype(np.float64)
     grad = np.zeros(_size(x64), dtype=np.float64)
     for i in range(grad.size):
-        step = _basis(xp, x64, i, h, device)
+        step = _basis(xp, x64, i, h, dev)
         plus = to_numpy(f(x64 + step)).astype(np.float64)
         minus = to_numpy(f(x64 - step)).astype(np.float64)
         if i == 0:
             _check_output_shape(plus.shape, d)
         diff = (plus - minus) / (2.0 * h)
         grad[i] = float(np.sum(diff * d)) if d is not None else float(diff)
-    return xp.asarray(grad.reshape(tuple(x.shape)), dtype=x64.dtype, device=device)
+    return xp.asarray(grad.reshape(tuple(x.shape)), dtype=x64.dtype, device=dev)
 
 
 def _check_output_shape(shape: tuple[int, ...], dout: np.ndarray | None) -> None:
