@@ -21,10 +21,9 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, TextIO
 
-import array_api_compat as compat
 import numpy as np
 
-from ._backend import array_namespace
+from ._backend import array_namespace, device
 from ._typing import Array
 from ._validate import check_positive_int
 
@@ -174,7 +173,7 @@ class Solver:
     def _rows(self, X: Array, indices: np.ndarray) -> Array:
         """Rows ``indices`` (host) of ``X``, gathered on ``X``'s backend."""
         xp = array_namespace(X)
-        return xp.take(X, xp.asarray(indices, device=compat.device(X)), axis=0)
+        return xp.take(X, xp.asarray(indices, device=device(X)), axis=0)
 
     def _step(self, X: Array, y: Array) -> None:
         loss, grads = self.model.loss(X, y)
