@@ -176,6 +176,61 @@ def test_masking_with_minus_inf(c, opts):
         assert np.all(d[masked] == 0)
 
 
+@pytest.mark.parametrize("c", [1, 3, 1000])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("top", [0.0, 12.0, 16.0, 17.0, -30.0, 300.0])
+def test_confident_rows_keep_their_small_loss(top, dtype, c):
+    """A row whose target dominates has a loss near 0: computed to its own precision.
+
+    ``top`` places the maximum (the target) inside and outside the range of
+    rows computed unshifted (``SUM_RANGE``). C = 1 gives exactly 0; a
+    confident row's loss ``log(1 + Σ_k e^{s_k − s_y})`` is within a few
+    units of rounding of 1 (``log`` of a number next to 1, as in the
+    reference engine), however large the logits.
+    """
+    n = 6
+    rng = np.random.default_rng(21)  # the others 9 to 14 below the target
+    scores = (top - rng.uniform(9.0, 14.0, (n, c))).astype(dtype)
+    y = rng.integers(0, c, n)
+    scores[np.arange(n), y] = top
+    loss, d = _run(scores, y, reduction="none", num_threads=2, block_rows=4)
+    # float64, relative to s_y (exact differences): lse − s_y and p without their cancellation
+    s = scores.astype(np.float64)
+    e = np.exp(s - s[np.arange(n), y][:, None])  # e_y = 1 exactly
+    expected = np.log1p(e.sum(axis=1) - 1.0)
+    expected_d = e / e.sum(axis=1, keepdims=True)
+    expected_d[np.arange(n), y] -= 1.0
+    assert np.all(loss >= 0)
+    if c == 1:
+        assert np.all(loss == 0) and np.all(d == 0)
+    eps = np.finfo(dtype).eps
+    np.testing.assert_allclose(loss, expected, rtol=64 * eps, atol=8 * eps)
+    # p is good to a few units of rounding of exp(s_k − m_k) (m_k up to ~16 here), p − 1 to those of 1
+    np.testing.assert_allclose(d, expected_d, rtol=64 * eps, atol=48 * eps)
+
+
+@pytest.mark.parametrize("c", [7, 300])
+@pytest.mark.parametrize("opts", OPTIONS, ids=_ids)
+def test_shifted_and_unshifted_rows_in_one_block(c, opts):
+    """Rows computed unshifted and rows shifted by their maximum, side by side.
+
+    Whether a row is shifted depends on that row alone: the same bits for
+    every block size and thread count, and reference values either way.
+    """
+    scores, y, kw = _problem(40, c, np.float32, opts=opts, seed=22)
+    scores[::3] += 40.0  # overflow the unshifted sum: shifted
+    scores[1::7] -= 200.0  # underflow it: shifted
+    scores[2::9] *= 9.0  # some rows just in range, some out
+    expected = _run(scores, y, num_threads=1, block_rows=40, **kw)
+    for threads, block in [(1, 1), (2, 3), (3, 7), (2, 16)]:
+        loss, d = _run(scores, y, num_threads=threads, block_rows=block, **kw)
+        _same_bits(loss, expected[0])
+        _same_bits(d, expected[1])
+    ref_loss, ref_d = _float64(scores, y, **kw)
+    _close(expected[0], ref_loss, np.float32)
+    _close(expected[1], ref_d, np.float32)
+
+
 @pytest.mark.parametrize("c", [4, 100])
 def test_nan_and_inf_propagate_like_the_reference(c):
     scores, y, _ = _problem(8, c, np.float32, seed=4)

@@ -3,7 +3,9 @@ r"""How weights, ignored rows, label smoothing and the reduction enter the loss.
 Every engine computes, per row ``i`` of the scores ``s`` (shape ``(N, C)``),
 three numbers from one or two passes over the row:
 
-* ``m_i`` the row maximum (reset to 0 when it is not finite),
+* ``m_i`` a shift that keeps ``exp`` in range: the row maximum (reset to 0
+  when it is not finite) in the reference and CuPy engines; the loss and
+  gradient do not depend on it, and the NumPy engine picks others,
 * ``l_i = log Σ_k exp(s_ik − m_i)``, so ``lse_i = m_i + l_i``,
 * ``t_i = s_{i,y_i} − m_i`` (the shifted target logit) and, with label
   smoothing, ``u_i = Σ_k w_k (s_ik − m_i)``.

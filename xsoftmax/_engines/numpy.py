@@ -7,36 +7,44 @@ makes its passes over the ``(rows, C)`` data one cache *block* at a time,
 each block small enough to stay in a core's L2 cache. For one block, in the
 notation of :mod:`xsoftmax._reduction`:
 
-1. ``z_i ← s_i`` (float16 widened to float32)             reads ``s`` from memory
-2. ``m_i = max_k z_ik`` (0 when not finite); ``z_ik −= m_i``
-3. ``t_i = z_{i,y_i}``; ``u_i = Σ_k w_k z_ik`` (label smoothing only)
-4. ``e_ik = exp(z_ik)``; ``l_i = log Σ_k e_ik``
-5. ``d_ik = e_ik · c_i / Σ_k e_ik − a_i 1[k = y_i] − b_i w_k``
+1. ``z_ik ← s_ik log2(e)`` (float16 widened to float32)   reads ``s`` from memory
+2. ``u_i = ln 2 · Σ_k w_k z_ik`` (label smoothing only)
+3. ``e_ik = 2^{z_ik} = exp(s_ik)``; ``σ_i = Σ_k e_ik``
+4. rows whose ``σ_i`` is out of range are shifted by their maximum and the
+   block redone (rarely: :func:`_exp`, :data:`SUM_RANGE`)
+5. ``l_i − t_i = log(σ_i / e_{i,y_i})`` (:func:`_target_terms`)
+6. ``d_ik = e_ik · c_i / σ_i − a_i 1[k = y_i] − b_i w_k``
 
 ``z`` is the block of the output itself (``out``, or one new array), so only
 step 1 touches main memory and every later pass runs in place in cache: the
 memory traffic is about that of one copy of the ``(N, C)`` bytes. Scratch of
-one block per thread is used only for float16, for weighted label smoothing
-and for an ``out`` that is not C-contiguous; with the per-block row vectors
-the peak extra memory is the gradient plus a fixed ~1 MB per thread (a few
-percent of the gradient for the large batches this engine is for). A new output's
-pages are faulted in (:func:`_touch_pages`) at the start of each task, so
-the kernel's zeroing of fresh pages does not evict the block mid-way.
+one block per thread is used only for float16, for weighted label smoothing,
+for ``out=scores`` and for an ``out`` that is not C-contiguous; with the
+per-block row vectors the peak extra memory is the gradient plus a fixed
+~1 MB per thread (a few percent of the gradient for the large batches this
+engine is for). A new output's pages are faulted in (:func:`_touch_pages`) at
+the start of each task, so the kernel's zeroing of fresh pages does not
+evict the block mid-way.
 
-Long rows (``C > SMALL_C``): maxima are ``np.maximum.reduce`` along the
-contiguous class axis, sums ``np.einsum("ij->i")`` (vectorised, ~3x faster
-than ``np.add.reduce``; :func:`_row_reduce`). Row-broadcast operations
-(``z −= m[:, None]``) run with a ufunc buffer of at most one row
-(:func:`_ufunc_bufsize`).
+Why not ``exp(s − max s)`` as the reference engine does: the softmax and the
+loss do not depend on the shift (``docs/math.md``), so a row whose
+``Σ_k exp(s_ik)`` neither overflows nor underflows needs none, which saves
+the pass that finds row maxima (slow for short rows) and the pass that
+subtracts them. ``2^{s log2 e}`` is NumPy's fastest float32 exponential
+(~1.5x ``np.exp``); rounding ``s log2 e`` costs a few units of rounding
+(:data:`SUM_RANGE` bounds ``|s|`` of unshifted rows). The loss is taken
+relative to the target logit, ``log(σ_i / e_{i,y_i})``, so the rounding of
+``e_{i,y_i}`` cancels: C = 1 gives exactly 0 and the NLL term is never negative.
 
-Short rows (``C ≤ SMALL_C``, many rows): NumPy's per-row loops would cost
-tens of nanoseconds per row, so the block is copied transposed into a
-``(C, n)`` scratch (:func:`_block_small`); there a per-row reduction is an
-elementwise fold over ``C`` contiguous vectors of length ``n`` and every
-broadcast runs along ``n``; the finished block is copied back transposed.
+Row sums are ``np.einsum("ij->i")`` (:func:`_row_sum`). Row-broadcast
+operations (``z *= r[:, None]``) run with a ufunc buffer of at most one row
+(:func:`_ufunc_bufsize`). Short rows (``C ≤ SMALL_C``) run on one thread by
+default and in bigger blocks: their NumPy calls are short and per row, and
+contend for the GIL.
 
 Per-row coefficients come from :func:`xsoftmax._reduction.row_coefficients`,
-one block at a time; for ``"mean"`` the denominator ``D = Σ_i v_i w_{y_i}``
+one task at a time (once for the whole batch without class weights and
+``ignore_index``, where every row has the same ones); for ``"mean"`` the denominator ``D = Σ_i v_i w_{y_i}``
 belongs to the whole batch and is summed first (labels only, no scores).
 
 Determinism: every quantity of row ``i`` is computed from row ``i`` alone, in
@@ -47,8 +55,7 @@ count and block size.
 
 Threads: ``num_threads`` (argument), else the environment variable
 ``XSOFTMAX_NUM_THREADS``, else the CPUs this process may run on; short rows
-(``C ≤ SMALL_C``) default to one thread, as their many short NumPy calls
-contend for the GIL.
+(``C ≤ SMALL_C``) default to one thread.
 """
 
 from __future__ import annotations
@@ -90,14 +97,23 @@ BLOCK_BYTES = 1024 * 1024
 #: it to a few percent of the gradient.
 MAX_BLOCK_ROWS = 16384
 
-#: Classes up to which blocks are worked on transposed (:func:`_block_small`).
+#: Classes up to which rows are short: row maxima by columns (:func:`_column_fold`),
+#: one thread by default, blocks of :data:`SMALL_C_BLOCK_BYTES`.
 SMALL_C = 48
 
+#: A row is first computed unshifted, ``exp(s_ik)``; it is shifted by its
+#: maximum ``m_i`` (:func:`_exp`) when ``Σ_k exp(s_ik)`` is outside
+#: ``[1/SUM_RANGE, SUM_RANGE]``. Unshifted rows thus have ``m_i ≤ ln SUM_RANGE``
+#: (≈ 16.6) and ``m_i ≥ −ln SUM_RANGE − ln C``: nothing overflows, the row's
+#: largest terms are normal numbers, and ``exp``'s argument is small enough
+#: that rounding ``s log2(e)`` costs a few units of float32 rounding at most.
+SUM_RANGE = 2.0**24
+
 #: Bytes of compute-dtype scores per block for ``C ≤ SMALL_C``, shared out
-#: among the threads. Such a block needs a transposed scratch copy and its
-#: rows carry ~40 bytes of row vectors each, so this keeps the peak extra
-#: memory under 1.1x the gradient at C = 10 (10240 rows on one thread, 5120
-#: each on two). Bigger blocks are faster (fewer, longer NumPy calls).
+#: among the threads. Such rows carry ~40 bytes of row vectors each (as much
+#: as a row of C = 10), so this keeps the peak extra memory under 1.1x the
+#: gradient at C = 10 (10240 rows on one thread, 5120 each on two). Bigger
+#: blocks are faster (fewer, longer NumPy calls).
 SMALL_C_BLOCK_BYTES = 400 * 1024
 
 #: Rows per chunk of the fixed-order sums of row losses and of ``D``.
@@ -132,8 +148,10 @@ class _Problem(NamedTuple):
     cdt: np.dtype  # compute dtype
     direct: bool  # compute in `out` itself
     fresh: bool  # `out` was allocated here (its pages not yet touched)
-    in_place: bool  # `out` is the scores (then direct too)
     block_rows: int
+    shared: RowCoefficients | None  # every row's coefficients, when all rows share them
+    log2e: np.floating  # log2(e) and ln(2) in the compute dtype
+    ln2: np.floating
 
 
 def softmax_loss(
@@ -182,13 +200,22 @@ def softmax_loss(
     y = np.asarray(inp.y)
     # A copy, also when the dtype matches: `out` may alias the caller's weights.
     weight = None if inp.weight is None else np.array(inp.weight, dtype=cdt)
-    direct = out.dtype == cdt and out.flags.c_contiguous
+    # Compute in `out` itself, unless it is the scores (whose rows are read
+    # again when one needs a shift) or not a C-contiguous compute-dtype array.
+    in_place = _same_view(out, scores)
+    direct = out.dtype == cdt and out.flags.c_contiguous and not in_place
+    uniform = weight is None and inp.ignore_index is None  # every row counts 1
     denom = None
     if inp.reduction == "mean":
-        if inp.denom is None:
-            denom = _denominator(xp, y, weight, c, inp.ignore_index, cdt)
-        else:  # one block of a larger batch (the Dask engine)
+        if inp.denom is not None:  # one block of a larger batch (the Dask engine)
             denom = np.asarray(inp.denom, dtype=cdt)
+        elif uniform:
+            denom = np.asarray(n, dtype=cdt)  # D = Σ_i 1
+        else:
+            denom = _denominator(xp, y, weight, c, inp.ignore_index, cdt)
+    shared = None
+    if uniform and n:
+        shared = _shared_coefficients(xp, y, c, inp.label_smoothing, inp.reduction, denom, cdt)
     problem = _Problem(
         xp=xp,
         scores=scores,
@@ -204,8 +231,10 @@ def softmax_loss(
         cdt=cdt,
         direct=direct,
         fresh=fresh,
-        in_place=direct and _same_view(out, scores),
         block_rows=block_rows,
+        shared=shared,
+        log2e=cdt.type(1 / math.log(2)),
+        ln2=cdt.type(math.log(2)),
     )
     _run_blocks(problem, threads)
 
@@ -303,25 +332,20 @@ class _Scratch:
 
     def __init__(self, p: _Problem) -> None:
         shape = (p.block_rows, p.out.shape[1])
-        # w_k z_ik and b_i w_k need a second block buffer.
-        weighted_smoothing = p.label_smoothing and p.weight is not None
         self.vec = np.empty(shape[0], dtype=p.cdt)  # m, then Σ_k e_ik
-        if shape[1] <= SMALL_C:
-            # Short rows: the block is worked on transposed (_block_small).
-            self.work_t = np.empty(shape[::-1], dtype=p.cdt)
-            self.tmp = np.empty(shape[::-1], dtype=p.cdt) if weighted_smoothing else None
-            #: row numbers within a block (int32: scratch counts against the memory bound)
-            self.row = np.arange(shape[0], dtype=np.int32)
-        else:
-            # The block itself, unless it is computed in the output.
-            self.work = None if p.direct else np.empty(shape, dtype=p.cdt)
-            self.tmp = np.empty(shape, dtype=p.cdt) if weighted_smoothing else None
-            #: flat index of the first element of each row of a block
-            self.row_start = np.arange(0, shape[0] * shape[1], shape[1], dtype=np.intp)
+        # The block itself, unless it is computed in the output.
+        self.work = None if p.direct else np.empty(shape, dtype=p.cdt)
+        # w_k z_ik and b_i w_k (weighted label smoothing) need a second block buffer.
+        weighted_smoothing = p.label_smoothing and p.weight is not None
+        self.tmp = np.empty(shape, dtype=p.cdt) if weighted_smoothing else None
+        #: flat index of the first element of each row of a (C-contiguous) block
+        self.row_start = np.arange(0, shape[0] * shape[1], shape[1], dtype=np.intp)
 
 
 def _coefficients(p: _Problem, r0: int, r1: int) -> RowCoefficients:
     """The coefficients of rows ``r0:r1``, with the whole batch's "mean" denominator."""
+    if p.shared is not None:  # the same for every row: views, nothing computed
+        return p.shared._make(f[r0:r1] if _is_row_vector(f) else f for f in p.shared)
     return row_coefficients(
         p.xp,
         p.y[r0:r1],
@@ -333,6 +357,32 @@ def _coefficients(p: _Problem, r0: int, r1: int) -> RowCoefficients:
         dtype=p.cdt,
         denom=p.denom,
     )
+
+
+def _shared_coefficients(xp, y, c, label_smoothing, reduction, denom, cdt) -> RowCoefficients:
+    """Without class weights or ``ignore_index`` every row has the same coefficients.
+
+    They are computed once, for the first label, and broadcast (stride 0)
+    to all ``N`` rows: the tasks slice them like per-row vectors.
+    """
+    one = row_coefficients(
+        xp,
+        y[:1],
+        num_classes=c,
+        weight=None,
+        ignore_index=None,
+        label_smoothing=label_smoothing,
+        reduction=reduction,
+        dtype=cdt,
+        denom=denom,
+    )
+    return one._make(
+        np.broadcast_to(f, (len(y),)) if _is_row_vector(f) else f for f in one
+    )
+
+
+def _is_row_vector(f: Any) -> bool:
+    return isinstance(f, np.ndarray) and f.ndim == 1
 
 
 def _task(p: _Problem, r0: int, r1: int, scratch: _Scratch) -> None:
@@ -355,7 +405,7 @@ def _task(p: _Problem, r0: int, r1: int, scratch: _Scratch) -> None:
     for b0 in range(0, n, p.block_rows):
         rows = slice(b0, min(b0 + p.block_rows, n))
         _block(p, r0 + b0, coef, rows, labels[rows], t[rows], l[rows], u, scratch)
-    losses = row_loss(p.xp, coef, l, t, u)
+    losses = row_loss(np, coef, l, t, u)  # NumPy itself: fewer wrapper layers per block
     if p.row_losses is not None:
         p.row_losses[r0:r1] = losses
     else:
@@ -384,40 +434,18 @@ def _block(
     u: np.ndarray | None,
     scratch: _Scratch,
 ) -> None:
-    """Steps 1–5 of the module docstring for the rows ``start : start + len(t)``.
+    """Steps 1–6 of the module docstring for the rows ``start : start + len(t)``.
 
     ``coef``, ``u`` cover the whole task and ``rows`` selects this block's
     part; ``t``, ``l`` (and ``u[rows]``) receive the block's row values.
     """
     n = len(t)
-    if p.out.shape[1] <= SMALL_C:
-        _block_small(p, start, coef, rows, labels, t, l, u, scratch)
-        return
     s = p.scores[start : start + n]
     z = p.out[start : start + n] if p.direct else scratch.work[:n]
-    # Copy first (also the float16 -> float32 cast): one streaming read and
-    # write, after which the max and the subtraction run in cache. Measured
-    # 10-20% faster than a max over `s` followed by `z = s - m`.
-    if not p.in_place:
-        np.copyto(z, s)
-    m = _row_reduce(np.maximum, z, scratch.vec[:n])
-    _finite_or_zero(m)
-    np.subtract(z, m[:, None], out=z)
-
     flat = z.reshape(-1)  # a view: z is C-contiguous
+    se, shift = _exp(p, s, z, scratch.vec[:n], None if u is None else u[rows], scratch)
     target = scratch.row_start[:n] + labels
-    np.take(flat, target, out=t, mode="clip")  # in range; "raise" would buffer `out`
-    if u is not None:
-        if p.weight is None:
-            _row_reduce(np.add, z, u[rows])
-        else:
-            wz = scratch.tmp[:n]
-            np.multiply(z, p.weight, out=wz)
-            _row_reduce(np.add, wz, u[rows])
-
-    np.exp(z, out=z)
-    se = _row_reduce(np.add, z, scratch.vec[:n])
-    np.log(se, out=l)
+    _target_terms(s, z, labels, target, se, shift, coef.wsum, t, l, None if u is None else u[rows])
     np.multiply(z, (coef.c[rows] / se)[:, None], out=z)
     np.subtract.at(flat, target, coef.a[rows])  # one target per row: no index repeats
     if coef.b is not None:
@@ -431,113 +459,112 @@ def _block(
         np.copyto(p.out[start : start + n], z)
 
 
-def _block_small(
+def _target_terms(s, z, labels, target, se, shift, wsum, t, l, u) -> None:  # noqa: E741
+    """``l``, ``t`` (and ``u``) of the block's rows, relative to a per-row shift.
+
+    ``z`` holds ``e_ik = exp(s_ik − m_i)`` and ``se`` its row sums. Where
+    ``e_{i,y_i}`` is a normal number the row is re-shifted by its target
+    logit: ``l_i = log(Σ_k e_ik / e_{i,y_i})``, ``t_i = 0`` and
+    ``u_i −= W (s_{i,y_i} − m_i)``, so that the rounding of ``e_{i,y_i}``,
+    which is also a term of the sum, cancels: ``l − t`` is 0 for C = 1 and
+    as accurate as ``log(1 + small)`` for a confident row, however large the
+    logits. Elsewhere (target far below the maximum, −inf, NaN):
+    ``l_i = log Σ_k e_ik``, ``t_i = s_{i,y_i} − m_i``.
+    """
+    if s.flags.c_contiguous and s.dtype == t.dtype:
+        np.take(s.reshape(-1), target, out=t, mode="clip")  # in range; "raise" would buffer
+    else:
+        t[...] = s[np.arange(len(t)), labels]
+    if shift is not None:
+        t -= shift
+    ey = np.take(z.reshape(-1), target, mode="clip")
+    normal = ey >= np.finfo(ey.dtype).tiny  # False for 0 and NaN
+    np.log(se, out=l)
+    if not normal.any():
+        return
+    ratio = np.divide(se, ey, out=ey, where=normal)
+    normal &= ratio < np.inf  # a far-off target overflows the ratio: the other formula
+    np.log(ratio, out=l, where=normal)
+    if u is not None:
+        u -= np.where(normal, t * wsum, 0)
+    t[normal] = 0
+
+
+def _exp(
     p: _Problem,
-    start: int,
-    coef: RowCoefficients,
-    rows: slice,
-    labels: np.ndarray,
-    t: np.ndarray,
-    l: np.ndarray,  # noqa: E741 (the l of the docstring)
+    s: np.ndarray,
+    z: np.ndarray,
+    vec: np.ndarray,
     u: np.ndarray | None,
     scratch: _Scratch,
-) -> None:
-    """Steps 1–5 for short rows (``C ≤ SMALL_C``), on the block transposed.
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """``z ← exp(s − m)`` and ``Σ_k z_ik`` (in ``vec``), and the shifts ``m`` (None: all 0).
 
-    In ``(n, C)`` layout every NumPy call would loop over ``n`` rows of
-    ``C`` elements (per-row reductions, ``z −= m[:, None]``), paying the
-    inner-loop overhead ``n`` times. In ``zt = zᵀ`` (``(C, n)``, C-contiguous)
-    a per-row reduction is a fold of the ``C`` rows of ``zt``, ``C − 1``
-    contiguous vector operations of length ``n`` in the fixed order
-    ``((z_0 op z_1) op z_2) …``, and every broadcast runs along ``n``. The
-    transposed copies in and out cost about one strided pass each.
+    First unshifted, as ``z = 2^(s log2 e)``. A row whose sum is outside
+    ``[1/SUM_RANGE, SUM_RANGE]`` (overflow, underflow, NaN; see
+    :data:`SUM_RANGE`) is then shifted by its maximum (0 when that is not
+    finite, as in the reference engine), and the block computed again, the
+    other rows with shift 0 and so to the same bits. Whether a row is
+    shifted depends on that row alone. With label smoothing ``u`` receives
+    ``Σ_k w_k (s_ik − m_i) = ln 2 · Σ_k w_k z_ik`` (``z`` before the exp).
     """
-    n = len(t)
-    s = p.scores[start : start + n]
-    zt = scratch.work_t[:, :n]
-    np.copyto(zt, s.T)
-    m = _fold(np.maximum, zt, scratch.vec[:n], reduce=True)
-    _finite_or_zero(m)
-    np.subtract(zt, m, out=zt)
-
-    # zt is not contiguous when n < block_rows: index it as (C, n) via
-    # the flat block of the scratch, row stride block_rows.
-    flat = scratch.work_t.reshape(-1)
-    target = labels * scratch.work_t.shape[1]
-    target += scratch.row[:n]
-    np.take(flat, target, out=t, mode="clip")  # in range; "raise" would buffer `out`
-    if u is not None:
-        if p.weight is None:
-            _fold(np.add, zt, u[rows])
+    shift = None
+    while True:
+        if shift is None:
+            np.multiply(s, p.log2e, out=z)  # also the float16 -> float32 cast
         else:
-            wz = scratch.tmp[:, :n]
-            np.multiply(zt, p.weight[:, None], out=wz)
-            _fold(np.add, wz, u[rows])
-
-    np.exp(zt, out=zt)
-    se = _fold(np.add, zt, scratch.vec[:n], reduce=True)  # terms ≥ 0 or NaN
-    np.log(se, out=l)
-    np.multiply(zt, np.divide(coef.c[rows], se, out=se), out=zt)
-    np.subtract.at(flat, target, coef.a[rows])  # one target per row: no index repeats
-    if coef.b is not None:
-        if p.weight is None:
-            np.subtract(zt, coef.b[rows], out=zt)
+            np.subtract(s, shift[:, None], out=z)
+            np.multiply(z, p.log2e, out=z)
+        if u is not None:
+            if p.weight is None:
+                _row_sum(z, u)
+            else:
+                wz = scratch.tmp[: len(z)]
+                np.multiply(z, p.weight, out=wz)
+                _row_sum(wz, u)
+            u *= p.ln2
+        np.exp2(z, out=z)
+        se = _row_sum(z, vec)
+        if shift is not None:
+            return se, shift
+        shifted = ~((se >= 1 / SUM_RANGE) & (se <= SUM_RANGE))  # also True for NaN
+        if not shifted.any():
+            return se, None
+        if s.shape[1] <= SMALL_C:
+            m = _column_fold(np.maximum, s, vec)
         else:
-            bw = scratch.tmp[:, :n]
-            np.multiply(coef.b[rows], p.weight[:, None], out=bw)
-            np.subtract(zt, bw, out=zt)
-    np.copyto(p.out[start : start + n], zt.T)
+            m = np.maximum.reduce(s, axis=1, out=vec)
+        shifted &= np.isfinite(m)
+        shift = np.where(shifted, m, np.zeros_like(m))
 
 
-def _row_reduce(op: np.ufunc, a: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """``out_i = op`` over row ``i`` of ``a`` (shape ``(n, C)``, C-contiguous, ``C > SMALL_C``).
+def _column_fold(op: np.ufunc, a: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """``out_i = (((a_i0 op a_i1) op a_i2) … )``, column by column (short rows)."""
+    np.copyto(out, a[:, 0])
+    for k in range(1, a.shape[1]):
+        op(out, a[:, k], out=out)
+    return out
 
-    Sums are ``np.einsum("ij->i")``: its vectorised contiguous sum runs at
-    about 3x the speed of ``np.add.reduce`` (whose pairwise summation is
-    scalar code), and for a C-contiguous 2-D operand NumPy's einsum calls
-    the same kernel on each whole row, so a row's sum depends on that row
-    alone, not on ``n`` or the row's position. Maxima are ``op.reduce``
-    along the class axis (already vectorised).
+
+def _row_sum(a: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """``out_i = Σ_k a_ik`` for a C-contiguous ``(n, C)`` block.
+
+    ``np.einsum("ij->i")``: its vectorised contiguous sum runs at about 3x
+    the speed of ``np.add.reduce`` along rows (pairwise summation, scalar
+    code), and ~3 ns a row for short rows, where ``np.add.reduce`` pays a
+    per-row loop. For a C-contiguous 2-D operand einsum calls the same
+    kernel on each whole row, so a row's sum depends on that row alone, not
+    on ``n`` or the row's position.
 
     A lone row (``n = 1``) is passed as two stride-0 copies of itself:
     NumPy sums a 1-D operand with another kernel (in chunks of 8192 for
     longer rows), which would make its result depend on the block size.
     """
-    if op is not np.add:
-        return op.reduce(a, axis=1, out=out)
     if a.shape[0] == 1:
         pair = as_strided(a[0], shape=(2, a.shape[1]), strides=(0, a.strides[1]), writeable=False)
         out[0] = np.einsum("ij->i", pair)[0]
         return out
     return np.einsum("ij->i", a, out=out)
-
-
-def _fold(op: np.ufunc, a: np.ndarray, out: np.ndarray, *, reduce: bool = False) -> np.ndarray:
-    """``out_j = (((a_0j op a_1j) op a_2j) … )``: ``op`` over the rows of ``a`` (``(C, n)``).
-
-    ``C − 1`` elementwise calls in a fixed order, so column ``j``'s value
-    does not depend on ``n``. With ``reduce=True`` it is one call,
-    ``op.reduce(a, axis=0)``, which for ``n ≥ 2`` runs the same
-    elementwise loop over the rows (the fewer calls matter: short calls
-    contend for the GIL). Allowed only for ``np.maximum`` and for sums of
-    terms ≥ 0 or NaN: for ``n = 1`` NumPy reduces the column as one vector
-    (pairwise, from 0) and some paths start sums from 0, which changes only
-    signed zeros and, for ``n = 1``, which NaN a maximum returns.
-    """
-    if reduce and a.shape[1] >= 2:
-        return op.reduce(a, axis=0, out=out)
-    if a.shape[0] == 1:
-        np.copyto(out, a[0])
-        return out
-    op(a[0], a[1], out=out)
-    for k in range(2, a.shape[0]):
-        op(out, a[k], out=out)
-    return out
-
-
-def _finite_or_zero(m: np.ndarray) -> None:
-    """Reset maxima that are not finite to 0, so an all −inf row gives ``exp(−inf) = 0``."""
-    m[~np.isfinite(m)] = 0
 
 
 def _ufunc_bufsize(c: int) -> int | None:
