@@ -22,9 +22,10 @@ one block per thread is used only for float16, for weighted label smoothing,
 for ``out=scores`` and for an ``out`` that is not C-contiguous; with the
 per-block row vectors the peak extra memory is the gradient plus a fixed
 ~1 MB per thread (a few percent of the gradient for the large batches this
-engine is for). A new output's pages are faulted in (:func:`_touch_pages`) at
-the start of each task, so the kernel's zeroing of fresh pages does not
-evict the block mid-way.
+engine is for). A new output's pages are left to fault in on the first
+write of each block: the kernel zeroes the (2 MiB) page around the block
+last, leaving the block in cache (faulting a task's rows up front measured
+3-7% slower).
 
 Why not ``exp(s − max s)`` as the reference engine does: the softmax and the
 loss do not depend on the shift (``docs/math.md``), so a row whose
@@ -86,10 +87,11 @@ __all__ = ["NUM_THREADS_ENV", "default_num_threads", "softmax_loss"]
 #: Environment variable that sets the default number of threads.
 NUM_THREADS_ENV = "XSOFTMAX_NUM_THREADS"
 
-#: Bytes of compute-dtype scores per block: half a 2 MiB L2. Measured with two
-#: threads, 1 MiB beats 512 KiB by 5-10% at C = 1024 and 32000 and by 30% at
-#: C = 131072 (2 rows a block instead of 1: fewer, longer NumPy calls).
-BLOCK_BYTES = 1024 * 1024
+#: Bytes of compute-dtype scores per block: a 2 MiB L2. Measured with two
+#: threads (float32, fresh output), 1-2 MiB beat 512 KiB by 10-40% (fewer,
+#: longer NumPy calls; 1 row a block at C = 131072 is the worst); 2 MiB was
+#: ~3% ahead of 1 MiB at C = 32000 and 131072, 4-8 MiB no better.
+BLOCK_BYTES = 2 * 1024 * 1024
 
 #: Most rows per block and per task. Each row of a task also carries ~40
 #: bytes of row vectors (labels, t, l, coefficients); for C = 10 that is as
@@ -147,7 +149,6 @@ class _Problem(NamedTuple):
     sums: _ChunkSums | None  # the row losses' sum otherwise
     cdt: np.dtype  # compute dtype
     direct: bool  # compute in `out` itself
-    fresh: bool  # `out` was allocated here (its pages not yet touched)
     block_rows: int
     shared: RowCoefficients | None  # every row's coefficients, when all rows share them
     log2e: np.floating  # log2(e) and ln(2) in the compute dtype
@@ -188,14 +189,12 @@ def softmax_loss(
     block_rows = min(check_positive_int(block_rows, "block_rows"), max(n, 1))
 
     final = None  # a caller's `out` that cannot be written block by block
-    fresh = out is None
     if out is None:
         out = np.empty((n, c), dtype=scores.dtype)
     elif np.may_share_memory(out, scores) and not _same_view(out, scores):
         # Rows of `out` overlap other rows of the scores: one block could
         # overwrite scores that another has yet to read.
         final, out = out, np.empty((n, c), dtype=scores.dtype)
-        fresh = True
 
     y = np.asarray(inp.y)
     # A copy, also when the dtype matches: `out` may alias the caller's weights.
@@ -230,7 +229,6 @@ def softmax_loss(
         sums=None if inp.reduction == "none" else _ChunkSums(n, cdt),
         cdt=cdt,
         direct=direct,
-        fresh=fresh,
         block_rows=block_rows,
         shared=shared,
         log2e=cdt.type(1 / math.log(2)),
@@ -391,8 +389,6 @@ def _task(p: _Problem, r0: int, r1: int, scratch: _Scratch) -> None:
     Wide rows make cache blocks of one to a few rows; the row-vector work
     (a dozen small NumPy calls) is done once per task, not once per block.
     """
-    if p.fresh:
-        _touch_pages(p.out[r0:r1])
     coef = _coefficients(p, r0, r1)
     if p.ignore_index is None:
         labels = p.y[r0:r1].astype(np.intp, copy=False)
@@ -410,17 +406,6 @@ def _task(p: _Problem, r0: int, r1: int, scratch: _Scratch) -> None:
         p.row_losses[r0:r1] = losses
     else:
         p.sums.add(r0, losses)
-
-
-def _touch_pages(a: np.ndarray) -> None:
-    """Write one element in every 4 KiB of a new C-contiguous array (its page faults, all at once).
-
-    The kernel zeroes each new page (2 MiB ones for big NumPy arrays) when it
-    is first written. Faulting a task's rows up front keeps that zeroing from
-    evicting the cache block between the passes over it.
-    """
-    flat = a.reshape(-1)
-    flat[:: max(1, 4096 // flat.itemsize)] = 0
 
 
 def _block(
@@ -471,19 +456,21 @@ def _target_terms(s, z, labels, target, se, shift, wsum, t, l, u) -> None:  # no
     logits. Elsewhere (target far below the maximum, −inf, NaN):
     ``l_i = log Σ_k e_ik``, ``t_i = s_{i,y_i} − m_i``.
     """
+    ey = np.take(z.reshape(-1), target, mode="clip")  # in range; "raise" would buffer
+    normal = ey >= np.finfo(ey.dtype).tiny  # False for 0 and NaN
+    ratio = np.divide(se, ey, out=ey, where=normal)
+    normal &= ratio < np.inf  # a far-off target overflows the ratio: the other formula
+    if u is None and normal.all():  # the usual case: t_i = 0, s not needed
+        np.log(ratio, out=l)
+        t[...] = 0
+        return
     if s.flags.c_contiguous and s.dtype == t.dtype:
-        np.take(s.reshape(-1), target, out=t, mode="clip")  # in range; "raise" would buffer
+        np.take(s.reshape(-1), target, out=t, mode="clip")
     else:
         t[...] = s[np.arange(len(t)), labels]
     if shift is not None:
         t -= shift
-    ey = np.take(z.reshape(-1), target, mode="clip")
-    normal = ey >= np.finfo(ey.dtype).tiny  # False for 0 and NaN
     np.log(se, out=l)
-    if not normal.any():
-        return
-    ratio = np.divide(se, ey, out=ey, where=normal)
-    normal &= ratio < np.inf  # a far-off target overflows the ratio: the other formula
     np.log(ratio, out=l, where=normal)
     if u is not None:
         u -= np.where(normal, t * wsum, 0)
