@@ -39,8 +39,8 @@ relative to the target logit, ``log(σ_i / e_{i,y_i})``, so the rounding of
 
 Row sums are ``np.einsum("ij->i")`` (:func:`_row_sum`). Row-broadcast
 operations (``z *= r[:, None]``) run with a ufunc buffer of at most one row
-(:func:`_ufunc_bufsize`). Short rows (``C ≤ SMALL_C``) run on one thread by
-default and in bigger blocks: their NumPy calls are short and per row, and
+(:func:`_ufunc_bufsize`). Short rows get the longest blocks the memory bound
+allows (:data:`ROWS_IN_FLIGHT`): their NumPy calls are short and per row, and
 contend for the GIL.
 
 Per-row coefficients come from :func:`xsoftmax._reduction.row_coefficients`,
@@ -55,8 +55,7 @@ over the chunks in order. Results are bitwise identical for every thread
 count and block size.
 
 Threads: ``num_threads`` (argument), else the environment variable
-``XSOFTMAX_NUM_THREADS``, else the CPUs this process may run on; short rows
-(``C ≤ SMALL_C``) default to one thread.
+``XSOFTMAX_NUM_THREADS``, else the CPUs this process may run on.
 """
 
 from __future__ import annotations
@@ -93,14 +92,29 @@ NUM_THREADS_ENV = "XSOFTMAX_NUM_THREADS"
 #: ~3% ahead of 1 MiB at C = 32000 and 131072, 4-8 MiB no better.
 BLOCK_BYTES = 2 * 1024 * 1024
 
-#: Most rows per block and per task. Each row of a task also carries ~40
-#: bytes of row vectors (labels, t, l, coefficients); for C = 10 that is as
-#: much as the row itself, and this bound (with SMALL_C_BLOCK_BYTES) keeps
-#: it to a few percent of the gradient.
+#: Most rows per block and per task.
 MAX_BLOCK_ROWS = 16384
 
-#: Classes up to which rows are short: row maxima by columns (:func:`_column_fold`),
-#: one thread by default, blocks of :data:`SMALL_C_BLOCK_BYTES`.
+#: The scratch of all threads together (row vectors and block buffers) is
+#: at most this share of the gradient's bytes (or :data:`MIN_SCRATCH_BYTES`),
+#: so that the peak extra memory stays under 1.1x the gradient. It bounds
+#: the blocks of short rows: each row being worked on carries ~28 bytes of
+#: row vectors (:data:`ROW_VECTOR_BYTES`), as much as a row of 7 float32
+#: scores. Short rows want the biggest blocks allowed: their NumPy calls
+#: are per row and short, and contend for the GIL (at C = 10, N = 262144,
+#: two threads of 16384 rows ran 1.25x faster than one and peaked at 1.08x
+#: the gradient; two of 10240 were no faster than one).
+SCRATCH_SHARE = 0.09
+MIN_SCRATCH_BYTES = 256 * 1024
+ROW_VECTOR_BYTES = 28
+#: Row vectors added by per-row coefficients (class weights or ``ignore_index``):
+#: v, v·w_y, α, β, a, b, c, the labels made safe and their temporaries.
+COEFFICIENT_BYTES = 40
+
+#: Bytes of the buffer for ``b_i w_k`` (weighted label smoothing), filled in row chunks.
+OUTER_BYTES = 64 * 1024
+
+#: Classes up to which rows are short: row maxima by columns (:func:`_column_fold`).
 SMALL_C = 48
 
 #: A row is first computed unshifted, ``exp(s_ik)``; it is shifted by its
@@ -110,13 +124,6 @@ SMALL_C = 48
 #: largest terms are normal numbers, and ``exp``'s argument is small enough
 #: that rounding ``s log2(e)`` costs a few units of float32 rounding at most.
 SUM_RANGE = 2.0**24
-
-#: Bytes of compute-dtype scores per block for ``C ≤ SMALL_C``, shared out
-#: among the threads. Such rows carry ~40 bytes of row vectors each (as much
-#: as a row of C = 10), so this keeps the peak extra memory under 1.1x the
-#: gradient at C = 10 (10240 rows on one thread, 5120 each on two). Bigger
-#: blocks are faster (fewer, longer NumPy calls).
-SMALL_C_BLOCK_BYTES = 400 * 1024
 
 #: Rows per chunk of the fixed-order sums of row losses and of ``D``.
 CHUNK_ROWS = 4096
@@ -176,18 +183,8 @@ def softmax_loss(
     cdt = np.dtype(compute_dtype(xp, scores.dtype))
     if num_threads is not None:
         threads = check_positive_int(num_threads, "num_threads")
-    elif c <= SMALL_C and not os.environ.get(NUM_THREADS_ENV, "").strip():
-        # Short rows are bound by NumPy's per-call overhead, which holds the
-        # GIL: one thread with twice the block (same memory) measured 10-15%
-        # faster than two threads.
-        threads = 1
     else:
         threads = default_num_threads()
-    if block_rows is None:
-        budget = SMALL_C_BLOCK_BYTES // threads if c <= SMALL_C else BLOCK_BYTES
-        block_rows = min(MAX_BLOCK_ROWS, max(1, budget // (c * cdt.itemsize)))
-    block_rows = min(check_positive_int(block_rows, "block_rows"), max(n, 1))
-
     final = None  # a caller's `out` that cannot be written block by block
     if out is None:
         out = np.empty((n, c), dtype=scores.dtype)
@@ -204,6 +201,10 @@ def softmax_loss(
     in_place = _same_view(out, scores)
     direct = out.dtype == cdt and out.flags.c_contiguous and not in_place
     uniform = weight is None and inp.ignore_index is None  # every row counts 1
+    if block_rows is None:
+        per_row = ROW_VECTOR_BYTES + (0 if uniform else COEFFICIENT_BYTES)
+        block_rows = _default_block_rows(out, cdt, threads, per_row, direct)
+    block_rows = min(check_positive_int(block_rows, "block_rows"), max(n, 1))
     denom = None
     if inp.reduction == "mean":
         if inp.denom is not None:  # one block of a larger batch (the Dask engine)
@@ -248,6 +249,23 @@ def softmax_loss(
         np.copyto(final, out)
         out = final
     return loss, out
+
+
+def _default_block_rows(
+    out: np.ndarray, cdt: np.dtype, threads: int, per_row: int, direct: bool
+) -> int:
+    """Rows per block: :data:`BLOCK_BYTES` of scores, within the scratch budget.
+
+    Per row being worked on, a thread holds ``per_row`` bytes of row
+    vectors, plus a row of the compute dtype when the block is computed in
+    scratch (float16, ``out=scores``, an ``out`` that is not C-contiguous).
+    """
+    n, c = out.shape
+    row = c * cdt.itemsize
+    budget = max(SCRATCH_SHARE * out.nbytes, MIN_SCRATCH_BYTES)
+    per_row += 0 if direct else row
+    rows = min(MAX_BLOCK_ROWS, BLOCK_BYTES // row, int(budget // (threads * per_row)))
+    return max(1, rows)
 
 
 def _same_view(a: np.ndarray, b: np.ndarray) -> bool:
@@ -335,9 +353,8 @@ class _Scratch:
         self.work = None if p.direct else np.empty(shape, dtype=p.cdt)
         # w_k z_ik and b_i w_k (weighted label smoothing) need a second block buffer.
         weighted_smoothing = p.label_smoothing and p.weight is not None
-        self.tmp = np.empty(shape, dtype=p.cdt) if weighted_smoothing else None
-        #: flat index of the first element of each row of a (C-contiguous) block
-        self.row_start = np.arange(0, shape[0] * shape[1], shape[1], dtype=np.intp)
+        outer_rows = max(1, min(shape[0], OUTER_BYTES // (shape[1] * p.cdt.itemsize)))
+        self.outer = np.empty((outer_rows, shape[1]), p.cdt) if weighted_smoothing else None
 
 
 def _coefficients(p: _Problem, r0: int, r1: int) -> RowCoefficients:
@@ -428,42 +445,52 @@ def _block(
     s = p.scores[start : start + n]
     z = p.out[start : start + n] if p.direct else scratch.work[:n]
     flat = z.reshape(-1)  # a view: z is C-contiguous
-    se, shift = _exp(p, s, z, scratch.vec[:n], None if u is None else u[rows], scratch)
-    target = scratch.row_start[:n] + labels
-    _target_terms(s, z, labels, target, se, shift, coef.wsum, t, l, None if u is None else u[rows])
-    np.multiply(z, (coef.c[rows] / se)[:, None], out=z)
+    target = np.arange(0, z.size, z.shape[1], dtype=np.intp)  # flat index of y_i in z
+    target += labels
+    se, shift = _exp(p, s, z, target, coef.wsum, scratch.vec[:n], None if u is None else u[rows])
+    free = _target_terms(s, z, labels, target, se, shift, coef.wsum, t, l, None if u is None else u[rows])
+    np.multiply(z, np.divide(coef.c[rows], se, out=free)[:, None], out=z)
     np.subtract.at(flat, target, coef.a[rows])  # one target per row: no index repeats
     if coef.b is not None:
         if p.weight is None:
             np.subtract(z, coef.b[rows, None], out=z)
-        else:
-            bw = scratch.tmp[:n]
-            np.multiply(coef.b[rows, None], p.weight, out=bw)
-            np.subtract(z, bw, out=z)
+        else:  # z −= b ⊗ w, a few rows at a time
+            b, k = coef.b[rows], len(scratch.outer)
+            for r0 in range(0, n, k):
+                bw = np.multiply(b[r0 : r0 + k, None], p.weight, out=scratch.outer[: n - r0])
+                np.subtract(z[r0 : r0 + k], bw, out=z[r0 : r0 + k])
     if not p.direct:
         np.copyto(p.out[start : start + n], z)
 
 
-def _target_terms(s, z, labels, target, se, shift, wsum, t, l, u) -> None:  # noqa: E741
+def _target_terms(s, z, labels, target, se, shift, wsum, t, l, u) -> np.ndarray:  # noqa: E741
     """``l``, ``t`` (and ``u``) of the block's rows, relative to a per-row shift.
 
-    ``z`` holds ``e_ik = exp(s_ik − m_i)`` and ``se`` its row sums. Where
-    ``e_{i,y_i}`` is a normal number the row is re-shifted by its target
-    logit: ``l_i = log(Σ_k e_ik / e_{i,y_i})``, ``t_i = 0`` and
-    ``u_i −= W (s_{i,y_i} − m_i)``, so that the rounding of ``e_{i,y_i}``,
-    which is also a term of the sum, cancels: ``l − t`` is 0 for C = 1 and
-    as accurate as ``log(1 + small)`` for a confident row, however large the
-    logits. Elsewhere (target far below the maximum, −inf, NaN):
-    ``l_i = log Σ_k e_ik``, ``t_i = s_{i,y_i} − m_i``.
+    ``z`` holds ``e_ik = exp(s_ik − m_i)``, ``se`` its row sums and ``u``
+    (label smoothing) ``Σ_k w_k (s_ik − s_{i,y_i})``. Where ``e_{i,y_i}`` is
+    a normal number the row is re-shifted by its target logit:
+    ``l_i = log(Σ_k e_ik / e_{i,y_i})`` and ``t_i = 0``, so that the
+    rounding of ``e_{i,y_i}``, which is also a term of the sum, cancels:
+    ``l − t`` is 0 for C = 1 and as accurate as ``log(1 + small)`` for a
+    confident row, however large the logits. Elsewhere (target far below
+    the maximum, −inf, NaN): ``l_i = log Σ_k e_ik``, ``t_i = s_{i,y_i} − m_i``
+    and ``u_i += W t_i``.
+
+    Returns a row vector it no longer needs (scratch for the caller).
     """
-    ey = np.take(z.reshape(-1), target, mode="clip")  # in range; "raise" would buffer
-    normal = ey >= np.finfo(ey.dtype).tiny  # False for 0 and NaN
-    ratio = np.divide(se, ey, out=ey, where=normal)
-    normal &= ratio < np.inf  # a far-off target overflows the ratio: the other formula
-    if u is None and normal.all():  # the usual case: t_i = 0, s not needed
+    flat = z.reshape(-1)
+    tiny = np.finfo(z.dtype).tiny
+    ratio = np.take(flat, target, mode="clip")  # e_{i,y_i}; in range ("raise" would buffer)
+    smallest = np.minimum.reduce(ratio)
+    np.divide(se, ratio, out=ratio)
+    # The usual case, every target normal and every ratio finite (False for NaN):
+    # t = 0, and the scores are not read again.
+    if smallest >= tiny and np.maximum.reduce(ratio) < np.inf:
         np.log(ratio, out=l)
         t[...] = 0
-        return
+        return ratio
+    normal = np.take(flat, target, mode="clip") >= tiny  # False for 0 and NaN
+    normal &= ratio < np.inf  # a far-off target overflows the ratio: the other formula
     if s.flags.c_contiguous and s.dtype == t.dtype:
         np.take(s.reshape(-1), target, out=t, mode="clip")
     else:
@@ -472,18 +499,20 @@ def _target_terms(s, z, labels, target, se, shift, wsum, t, l, u) -> None:  # no
         t -= shift
     np.log(se, out=l)
     np.log(ratio, out=l, where=normal)
-    if u is not None:
-        u -= np.where(normal, t * wsum, 0)
+    if u is not None:  # u is relative to s_{i,y_i}: back to m_i where t_i is kept
+        u += np.where(normal, 0, t * wsum)
     t[normal] = 0
+    return ratio
 
 
 def _exp(
     p: _Problem,
     s: np.ndarray,
     z: np.ndarray,
+    target: np.ndarray,
+    wsum: Any,
     vec: np.ndarray,
     u: np.ndarray | None,
-    scratch: _Scratch,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """``z ← exp(s − m)`` and ``Σ_k z_ik`` (in ``vec``), and the shifts ``m`` (None: all 0).
 
@@ -493,7 +522,9 @@ def _exp(
     finite, as in the reference engine), and the block computed again, the
     other rows with shift 0 and so to the same bits. Whether a row is
     shifted depends on that row alone. With label smoothing ``u`` receives
-    ``Σ_k w_k (s_ik − m_i) = ln 2 · Σ_k w_k z_ik`` (``z`` before the exp).
+    ``Σ_k w_k (s_ik − s_{i,y_i}) = ln 2 · (Σ_k w_k z_ik − W z_{i,y_i})`` (``z``
+    before the exp): relative to the target logit, like the loss
+    (:func:`_target_terms`), so that C = 1 gives exactly 0.
     """
     shift = None
     while True:
@@ -503,12 +534,8 @@ def _exp(
             np.subtract(s, shift[:, None], out=z)
             np.multiply(z, p.log2e, out=z)
         if u is not None:
-            if p.weight is None:
-                _row_sum(z, u)
-            else:
-                wz = scratch.tmp[: len(z)]
-                np.multiply(z, p.weight, out=wz)
-                _row_sum(wz, u)
+            _row_sum(z, u, p.weight)
+            u -= np.take(z.reshape(-1), target, mode="clip") * wsum
             u *= p.ln2
         np.exp2(z, out=z)
         se = _row_sum(z, vec)
@@ -533,8 +560,8 @@ def _column_fold(op: np.ufunc, a: np.ndarray, out: np.ndarray) -> np.ndarray:
     return out
 
 
-def _row_sum(a: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """``out_i = Σ_k a_ik`` for a C-contiguous ``(n, C)`` block.
+def _row_sum(a: np.ndarray, out: np.ndarray, w: np.ndarray | None = None) -> np.ndarray:
+    """``out_i = Σ_k a_ik`` (``Σ_k a_ik w_k`` with ``w``) for a C-contiguous ``(n, C)`` block.
 
     ``np.einsum("ij->i")``: its vectorised contiguous sum runs at about 3x
     the speed of ``np.add.reduce`` along rows (pairwise summation, scalar
@@ -547,11 +574,12 @@ def _row_sum(a: np.ndarray, out: np.ndarray) -> np.ndarray:
     NumPy sums a 1-D operand with another kernel (in chunks of 8192 for
     longer rows), which would make its result depend on the block size.
     """
+    spec, operands = ("ij->i", ()) if w is None else ("ij,j->i", (w,))
     if a.shape[0] == 1:
         pair = as_strided(a[0], shape=(2, a.shape[1]), strides=(0, a.strides[1]), writeable=False)
-        out[0] = np.einsum("ij->i", pair)[0]
+        out[0] = np.einsum(spec, pair, *operands)[0]
         return out
-    return np.einsum("ij->i", a, out=out)
+    return np.einsum(spec, a, *operands, out=out)
 
 
 def _ufunc_bufsize(c: int) -> int | None:
