@@ -205,7 +205,7 @@ def test_confident_rows_keep_their_small_loss(top, dtype, c):
         assert np.all(loss == 0) and np.all(d == 0)
     eps = np.finfo(dtype).eps
     np.testing.assert_allclose(loss, expected, rtol=64 * eps, atol=8 * eps)
-    # p is good to a few units of rounding of exp(s_k − m_k) (m_k up to ~16 here), p − 1 to those of 1
+    # p: a few units of rounding of exp(s_k − m) (m up to ~16 here); p − 1: those of 1
     np.testing.assert_allclose(d, expected_d, rtol=64 * eps, atol=48 * eps)
 
 
@@ -538,6 +538,44 @@ def test_hypothesis_shapes(n, c, threads, block, opts, seed):
     loss, d = _run(scores, y, num_threads=threads, block_rows=block, **kw)
     ref_loss, ref_d = xs.softmax_loss(scores, y, engine="reference", **kw)
     np.testing.assert_allclose(loss, ref_loss, rtol=2e-5, atol=2e-6)
+    np.testing.assert_allclose(d, ref_d, rtol=2e-5, atol=2e-6)
+    one = _run(scores, y, num_threads=1, block_rows=n, **kw)
+    _same_bits(loss, one[0])
+    _same_bits(d, one[1])
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n=st.integers(1, 30),
+    c=st.integers(1, 60),
+    offsets=st.lists(
+        st.sampled_from([0.0, 15.0, -15.0, 17.0, -40.0, 90.0, -120.0, 1e4, -1e4]),
+        min_size=1,
+        max_size=30,
+    ),
+    masked=st.floats(0.0, 0.6),
+    opts=st.sampled_from(OPTIONS),
+    threads=st.integers(1, 3),
+    block=st.integers(1, 31),
+    seed=st.integers(0, 2**16),
+)
+def test_hypothesis_adversarial_rows(n, c, offsets, masked, opts, threads, block, seed):
+    """Rows shifted far up or down (computed unshifted or shifted) and −inf masks.
+
+    Against the reference engine, and the same bits whatever the blocks.
+    """
+    opts = {k: v for k, v in opts.items() if not (k == "ignore_index" and v >= c)}
+    scores, y, kw = _problem(n, c, opts=opts, seed=seed)
+    scores += np.resize(np.asarray(offsets, np.float32), n)[:, None]
+    rng = np.random.default_rng(seed)
+    mask = rng.random(scores.shape) < masked
+    mask[np.arange(n), y % c] = False  # targets stay finite: finite losses
+    scores[mask] = -np.inf
+    loss, d = _run(scores, y, num_threads=threads, block_rows=block, **kw)
+    ref_loss, ref_d = xs.softmax_loss(scores, y, engine="reference", **kw)
+    # Logits of 1e4 are spaced ~1e-3 apart in float32: so may the losses be.
+    huge = np.abs(scores[~mask]).max() > 1e3
+    np.testing.assert_allclose(loss, ref_loss, rtol=2e-5, atol=2e-3 if huge else 2e-6)
     np.testing.assert_allclose(d, ref_d, rtol=2e-5, atol=2e-6)
     one = _run(scores, y, num_threads=1, block_rows=n, **kw)
     _same_bits(loss, one[0])

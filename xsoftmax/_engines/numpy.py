@@ -45,8 +45,9 @@ contend for the GIL.
 
 Per-row coefficients come from :func:`xsoftmax._reduction.row_coefficients`,
 one task at a time (once for the whole batch without class weights and
-``ignore_index``, where every row has the same ones); for ``"mean"`` the denominator ``D = Σ_i v_i w_{y_i}``
-belongs to the whole batch and is summed first (labels only, no scores).
+``ignore_index``, where every row has the same ones); for ``"mean"`` the
+denominator ``D = Σ_i v_i w_{y_i}`` belongs to the whole batch and is summed
+first (labels only, no scores).
 
 Determinism: every quantity of row ``i`` is computed from row ``i`` alone, in
 an order that does not depend on the block or thread holding it, and row
@@ -351,7 +352,7 @@ class _Scratch:
         self.vec = np.empty(shape[0], dtype=p.cdt)  # m, then Σ_k e_ik
         # The block itself, unless it is computed in the output.
         self.work = None if p.direct else np.empty(shape, dtype=p.cdt)
-        # w_k z_ik and b_i w_k (weighted label smoothing) need a second block buffer.
+        # b_i w_k (weighted label smoothing), made a few rows at a time.
         weighted_smoothing = p.label_smoothing and p.weight is not None
         outer_rows = max(1, min(shape[0], OUTER_BYTES // (shape[1] * p.cdt.itemsize)))
         self.outer = np.empty((outer_rows, shape[1]), p.cdt) if weighted_smoothing else None
@@ -447,8 +448,9 @@ def _block(
     flat = z.reshape(-1)  # a view: z is C-contiguous
     target = np.arange(0, z.size, z.shape[1], dtype=np.intp)  # flat index of y_i in z
     target += labels
-    se, shift = _exp(p, s, z, target, coef.wsum, scratch.vec[:n], None if u is None else u[rows])
-    free = _target_terms(s, z, labels, target, se, shift, coef.wsum, t, l, None if u is None else u[rows])
+    u_block = None if u is None else u[rows]
+    se, shift = _exp(p, s, z, target, coef.wsum, scratch.vec[:n], u_block)
+    free = _target_terms(s, z, labels, target, se, shift, coef.wsum, t, l, u_block)
     np.multiply(z, np.divide(coef.c[rows], se, out=free)[:, None], out=z)
     np.subtract.at(flat, target, coef.a[rows])  # one target per row: no index repeats
     if coef.b is not None:
