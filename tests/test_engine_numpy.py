@@ -580,3 +580,29 @@ def test_hypothesis_adversarial_rows(n, c, offsets, masked, opts, threads, block
     one = _run(scores, y, num_threads=1, block_rows=n, **kw)
     _same_bits(loss, one[0])
     _same_bits(d, one[1])
+
+
+@pytest.mark.parametrize("threads", [1, 2, 4])
+@pytest.mark.parametrize(
+    "n,c,opts",
+    [
+        (262144, 10, {}),
+        (262144, 10, {"weight": True, "ignore_index": 3, "label_smoothing": 0.1}),
+        (65536, 10, {"reduction": "none"}),
+        (4096, 1000, {"label_smoothing": 0.1}),
+        (64, 100_000, {}),
+    ],
+    ids=["C=10", "C=10-all-options", "C=10-none", "C=1000", "C=100000"],
+)
+def test_peak_memory_near_the_gradient(n, c, opts, threads):
+    """Peak extra memory (tracemalloc) at most 1.1x the gradient (besides the loss itself).
+
+    A call after a first one: that first call imports modules lazily.
+    """
+    from xsoftmax._timing import peak_bytes
+
+    scores, y, kw = _problem(n, c, opts=opts, seed=23)
+    _run(scores[:10], y[:10], num_threads=threads, **kw)
+    peak = peak_bytes(lambda: _run(scores, y, num_threads=threads, **kw))
+    loss_bytes = n * scores.itemsize if kw.get("reduction") == "none" else 0
+    assert peak - loss_bytes <= 1.1 * scores.nbytes, (peak - loss_bytes) / scores.nbytes

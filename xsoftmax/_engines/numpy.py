@@ -93,27 +93,33 @@ NUM_THREADS_ENV = "XSOFTMAX_NUM_THREADS"
 #: ~3% ahead of 1 MiB at C = 32000 and 131072, 4-8 MiB no better.
 BLOCK_BYTES = 2 * 1024 * 1024
 
-#: Most rows per block and per task.
+#: Most rows per block and per task, and the fewest the scratch budget may ask for.
 MAX_BLOCK_ROWS = 16384
+MIN_BLOCK_ROWS = 256
 
 #: The scratch of all threads together (row vectors and block buffers) is
 #: at most this share of the gradient's bytes (or :data:`MIN_SCRATCH_BYTES`),
 #: so that the peak extra memory stays under 1.1x the gradient. It bounds
-#: the blocks of short rows: each row being worked on carries ~28 bytes of
-#: row vectors (:data:`ROW_VECTOR_BYTES`), as much as a row of 7 float32
-#: scores. Short rows want the biggest blocks allowed: their NumPy calls
-#: are per row and short, and contend for the GIL (at C = 10, N = 262144,
-#: two threads of 16384 rows ran 1.25x faster than one and peaked at 1.08x
-#: the gradient; two of 10240 were no faster than one).
+#: the blocks of short rows, whose row vectors weigh as much as the rows:
+#: each row being worked on holds :data:`ROW_VECTOR_BYTES` (t, l, Σ_k e_ik,
+#: the target's index and exp, the row losses), 8 more with label smoothing
+#: (u) and :data:`COEFFICIENT_BYTES` more with per-row coefficients (class
+#: weights or ``ignore_index``: v, v·w_y, α, β, a, b, c, safe labels); the
+#: three were measured (23, 30 and 57 bytes a row in all) with tracemalloc.
+#: Short rows want the biggest blocks allowed: their NumPy calls are per row
+#: and short, and contend for the GIL (at C = 10, N = 262144, two threads of
+#: 16384 rows ran 1.25x faster than one and peaked at 1.08x the gradient;
+#: two of 10240 were no faster than one).
 SCRATCH_SHARE = 0.09
-MIN_SCRATCH_BYTES = 256 * 1024
-ROW_VECTOR_BYTES = 28
-#: Row vectors added by per-row coefficients (class weights or ``ignore_index``):
-#: v, v·w_y, α, β, a, b, c, the labels made safe and their temporaries.
-COEFFICIENT_BYTES = 40
+MIN_SCRATCH_BYTES = 128 * 1024
+ROW_VECTOR_BYTES = 24
+COEFFICIENT_BYTES = 32
+#: What a thread holds besides its rows (NumPy's ufunc buffers, its scratch
+#: objects; 40-50 KB measured), and the call besides its threads.
+THREAD_BYTES = 48 * 1024
 
 #: Bytes of the buffer for ``b_i w_k`` (weighted label smoothing), filled in row chunks.
-OUTER_BYTES = 64 * 1024
+OUTER_BYTES = 16 * 1024
 
 #: Classes up to which rows are short: row maxima by columns (:func:`_column_fold`).
 SMALL_C = 48
@@ -203,8 +209,11 @@ def softmax_loss(
     direct = out.dtype == cdt and out.flags.c_contiguous and not in_place
     uniform = weight is None and inp.ignore_index is None  # every row counts 1
     if block_rows is None:
-        per_row = ROW_VECTOR_BYTES + (0 if uniform else COEFFICIENT_BYTES)
-        block_rows = _default_block_rows(out, cdt, threads, per_row, direct)
+        per_row = ROW_VECTOR_BYTES + (8 if inp.label_smoothing else 0)
+        per_row += 0 if uniform else COEFFICIENT_BYTES
+        per_thread = THREAD_BYTES
+        per_thread += OUTER_BYTES if inp.label_smoothing and weight is not None else 0
+        block_rows = _default_block_rows(out, cdt, threads, per_row, per_thread, direct)
     block_rows = min(check_positive_int(block_rows, "block_rows"), max(n, 1))
     denom = None
     if inp.reduction == "mean":
@@ -253,20 +262,23 @@ def softmax_loss(
 
 
 def _default_block_rows(
-    out: np.ndarray, cdt: np.dtype, threads: int, per_row: int, direct: bool
+    out: np.ndarray, cdt: np.dtype, threads: int, per_row: int, per_thread: int, direct: bool
 ) -> int:
     """Rows per block: :data:`BLOCK_BYTES` of scores, within the scratch budget.
 
-    Per row being worked on, a thread holds ``per_row`` bytes of row
-    vectors, plus a row of the compute dtype when the block is computed in
-    scratch (float16, ``out=scores``, an ``out`` that is not C-contiguous).
+    Each thread holds ``per_thread`` bytes, and per row being worked on
+    ``per_row`` bytes of row vectors, plus a row of the compute dtype when
+    the block is computed in scratch (float16, ``out=scores``, an ``out``
+    that is not C-contiguous).
     """
     n, c = out.shape
     row = c * cdt.itemsize
-    budget = max(SCRATCH_SHARE * out.nbytes, MIN_SCRATCH_BYTES)
+    budget = max(SCRATCH_SHARE * out.nbytes, MIN_SCRATCH_BYTES) - threads * per_thread
     per_row += 0 if direct else row
-    rows = min(MAX_BLOCK_ROWS, BLOCK_BYTES // row, int(budget // (threads * per_row)))
-    return max(1, rows)
+    rows = int(budget // (threads * per_row))
+    # At least a few hundred rows (a few KB of row vectors): with many threads
+    # on a small batch the budget can be all but spent on the threads.
+    return max(1, min(MAX_BLOCK_ROWS, BLOCK_BYTES // row, max(rows, MIN_BLOCK_ROWS)))
 
 
 def _same_view(a: np.ndarray, b: np.ndarray) -> bool:
