@@ -166,6 +166,21 @@ def test_plan_default_and_explicit_selection():
     pairs, peers, _ = bench.plan(status, backends=["dask"], engines=["reference"])
     assert pairs == [("dask", "reference")] and peers == []  # explicit backends: peers only on request
     assert bench.plan(status, backends=["numpy"], peers=["naive"])[1] == ["naive"]
+    # fused-out only on request, and only where the fused engine takes out=
+    assert all(e != "fused-out" for _, e in bench.plan(status)[0])
+    pairs, _, _ = bench.plan(status, backends=["numpy", "dask"], engines=["fused", "fused-out"])
+    assert pairs == [("numpy", "fused"), ("numpy", "fused-out"), ("dask", "fused")]
+
+
+def test_fused_out_row_reuses_one_buffer():
+    """``fused-out``: the fused engine into one out= buffer, the same numbers, no new gradient."""
+    case = bench.make_case("numpy", "fused-out", (64, 300), "float32")
+    first = case.fn()[1]
+    assert case.fn()[1] is first  # the same buffer, every call
+    fl = bench.floor("cpu", (64, 300), "float32", repeat=3)
+    row = bench.measure_case(case, (64, 300), "float32", fl, repeat=3)
+    assert row.engine == "fused-out" and row.max_abs_err < 1e-5
+    assert row.peak_bytes < 64 * 300 * 4 / 2  # scratch only: the gradient is not allocated
 
 
 # --------------------------------------------------------------------------- CLI

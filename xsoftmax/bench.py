@@ -19,6 +19,11 @@ loss) × shape × dtype, one row reports
   the CuPy pool on the GPU; ``null`` where neither sees the allocations:
   torch, JAX, the Dask workers).
 
+Engine ``fused-out`` (``--engines``, not run by default) is the fused
+engine writing into one ``out=`` buffer made before the timing, as a caller
+that reuses its gradient buffer runs it: its rows show the time without the
+allocation (on the host, the kernel zeroing the new output's pages).
+
 The same :func:`make_case`, :func:`make_peer` and :func:`floor` drive the
 ``bench/`` pytest-benchmark suite, and all timing lives in
 :mod:`xsoftmax._timing`.
@@ -82,6 +87,10 @@ NOT_BY_DEFAULT = {
 }
 
 DTYPES = ("float32", "float64", "float16")
+
+#: Backends whose fused engine is also timed with a reused ``out=`` buffer
+#: (engine ``fused-out``, on request).
+OUT_BUFFER_BACKENDS = ("numpy", "cupy")
 
 #: Dask rows run on a LocalCluster of this many single-threaded worker processes.
 DASK_WORKERS = 2
@@ -164,8 +173,12 @@ def make_case(
         return Case(backend, engine, "xsoftmax", "cpu", lambda: jax.block_until_ready(f(s, yb)),
                     inputs, host_traced=False)
     device = "cuda" if backend == "cupy" else "cpu"
-    return Case(backend, engine, "xsoftmax", device, lambda: xs.softmax_loss(s, yb, engine=engine),
-                inputs, host_traced=backend != "torch")
+    if engine == "fused-out":
+        out = xs.asarray(np.zeros(shape, dtype), backend=backend)  # its pages in place
+        fn = lambda: xs.softmax_loss(s, yb, engine="fused", out=out)  # noqa: E731
+    else:
+        fn = lambda: xs.softmax_loss(s, yb, engine=engine)  # noqa: E731
+    return Case(backend, engine, "xsoftmax", device, fn, inputs, host_traced=backend != "torch")
 
 
 def _dask_case(engine: str, shape: tuple[int, int], dtype: str, *, seed: int, client: Any) -> Case:
@@ -485,8 +498,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backends", type=_names(BACKENDS),
                         help=f"comma-separated backends (default: every available one but "
                              f"{', '.join(NOT_BY_DEFAULT)})")
-    parser.add_argument("--engines", type=_names(("reference", "fused")),
-                        help="comma-separated engines (default: reference, and fused where the backend has one)")
+    parser.add_argument("--engines", type=_names(("reference", "fused", "fused-out")),
+                        help="comma-separated engines (default: reference, and fused where the backend "
+                             "has one); fused-out: the fused engine writing into a reused out= buffer "
+                             f"({', '.join(OUT_BUFFER_BACKENDS)})")
     parser.add_argument("--shapes", type=_shapes, default=list(DEFAULT_SHAPES),
                         help=f"comma-separated NxC shapes (default: {shapes})")
     parser.add_argument("--dtype", type=_names(DTYPES), default=["float32"],
@@ -533,6 +548,8 @@ def plan(
             skipped.append(f"{backend}: {NOT_BY_DEFAULT[backend]}")
             continue
         pairs += [(backend, e) for e in engines_for(backend) if engines is None or e in engines]
+        if engines is not None and "fused-out" in engines and backend in OUT_BUFFER_BACKENDS:
+            pairs.append((backend, "fused-out"))
     chosen = []
     if peers is None:
         peers = list(PEERS) if backends is None else []
