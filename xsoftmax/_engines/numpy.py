@@ -555,9 +555,10 @@ def _exp(
         se = _row_sum(z, vec)
         if shift is not None:
             return se, shift
-        shifted = ~((se >= 1 / SUM_RANGE) & (se <= SUM_RANGE))  # also True for NaN
-        if not shifted.any():
+        # Two reductions decide the usual case (comparisons with NaN are False).
+        if np.minimum.reduce(se) >= 1 / SUM_RANGE and np.maximum.reduce(se) <= SUM_RANGE:
             return se, None
+        shifted = ~((se >= 1 / SUM_RANGE) & (se <= SUM_RANGE))  # also True for NaN
         if s.shape[1] <= SMALL_C:
             m = _column_fold(np.maximum, s, vec)
         else:
