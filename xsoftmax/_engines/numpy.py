@@ -182,7 +182,8 @@ def softmax_loss(
     gradient is written into ``out`` when given (``out`` may be the scores
     themselves), else into one new array. ``num_threads`` defaults to
     :func:`default_num_threads`; ``block_rows`` (rows per block) defaults to
-    about :data:`BLOCK_BYTES` of scores. Neither changes a bit of the results.
+    about :data:`BLOCK_BYTES` of scores, fewer where the scratch budget says
+    so (:func:`_default_block_rows`). Neither changes a bit of the results.
     """
     xp = inp.xp
     scores = np.asarray(inp.scores)
@@ -209,11 +210,7 @@ def softmax_loss(
     direct = out.dtype == cdt and out.flags.c_contiguous and not in_place
     uniform = weight is None and inp.ignore_index is None  # every row counts 1
     if block_rows is None:
-        per_row = ROW_VECTOR_BYTES + (8 if inp.label_smoothing else 0)
-        per_row += 0 if uniform else COEFFICIENT_BYTES
-        per_thread = THREAD_BYTES
-        per_thread += OUTER_BYTES if inp.label_smoothing and weight is not None else 0
-        block_rows = _default_block_rows(out, cdt, threads, per_row, per_thread, direct)
+        block_rows = _default_block_rows(out, cdt, threads, inp, direct)
     block_rows = min(check_positive_int(block_rows, "block_rows"), max(n, 1))
     denom = None
     if inp.reduction == "mean":
@@ -262,19 +259,22 @@ def softmax_loss(
 
 
 def _default_block_rows(
-    out: np.ndarray, cdt: np.dtype, threads: int, per_row: int, per_thread: int, direct: bool
+    out: np.ndarray, cdt: np.dtype, threads: int, inp: LossInputs, direct: bool
 ) -> int:
     """Rows per block: :data:`BLOCK_BYTES` of scores, within the scratch budget.
 
-    Each thread holds ``per_thread`` bytes, and per row being worked on
-    ``per_row`` bytes of row vectors, plus a row of the compute dtype when
+    Each thread holds :data:`THREAD_BYTES` (and :data:`OUTER_BYTES` with
+    class weights and label smoothing), and per row being worked on the row
+    vectors of :data:`SCRATCH_SHARE`, plus a row of the compute dtype when
     the block is computed in scratch (float16, ``out=scores``, an ``out``
     that is not C-contiguous).
     """
-    n, c = out.shape
-    row = c * cdt.itemsize
+    row = out.shape[1] * cdt.itemsize
+    weighted = inp.weight is not None
+    per_thread = THREAD_BYTES + (OUTER_BYTES if weighted and inp.label_smoothing else 0)
+    per_row = ROW_VECTOR_BYTES + (8 if inp.label_smoothing else 0) + (0 if direct else row)
+    per_row += COEFFICIENT_BYTES if weighted or inp.ignore_index is not None else 0
     budget = max(SCRATCH_SHARE * out.nbytes, MIN_SCRATCH_BYTES) - threads * per_thread
-    per_row += 0 if direct else row
     rows = int(budget // (threads * per_row))
     # At least a few hundred rows (a few KB of row vectors): with many threads
     # on a small batch the budget can be all but spent on the threads.
