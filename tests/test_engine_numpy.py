@@ -523,6 +523,39 @@ def test_thread_count_setting(monkeypatch):
         _run(scores, y, block_rows=0)
 
 
+@pytest.mark.parametrize(
+    "c,opts,explicit,threads",
+    [
+        (10, {}, None, 2),  # short rows: two threads' blocks of 16384 rows fit the budget
+        (10, {"weight": True, "ignore_index": 1, "label_smoothing": 0.1}, None, 1),
+        (10, {}, 4, 4),  # asked for: four threads, shorter blocks, the same budget
+        (10, {}, "env", 4),
+        (1000, {}, None, 4),  # long rows: every thread, 2 MiB blocks
+    ],
+)
+def test_threads_and_blocks_of_the_scratch_budget(monkeypatch, c, opts, explicit, threads):
+    """Short rows run on fewer threads rather than in blocks too short to gain from them."""
+    monkeypatch.delenv(engine.NUM_THREADS_ENV, raising=False)
+    monkeypatch.setattr(engine, "default_num_threads", lambda: 4)
+    if explicit == "env":
+        monkeypatch.setenv(engine.NUM_THREADS_ENV, "4")
+    seen = []
+    monkeypatch.setattr(engine, "_run_blocks", lambda p, t: seen.append((t, p.block_rows)))
+    n = 262144 * 10 // c
+    scores, y, kw = _problem(n, c, opts=opts)
+    _run(scores, y, num_threads=explicit if isinstance(explicit, int) else None, **kw)
+    [(used, block)] = seen
+    assert used == threads
+    if c > engine.SMALL_C:
+        assert block == engine.BLOCK_BYTES // (c * 4)
+    elif explicit is None:
+        assert block >= engine.SHORT_ROWS_PER_THREAD
+    else:
+        assert block < engine.SHORT_ROWS_PER_THREAD  # what the budget leaves four threads
+    # the budget: row vectors of every thread's block within ~9% of the gradient
+    assert used * block * engine.ROW_VECTOR_BYTES <= engine.SCRATCH_SHARE * scores.nbytes
+
+
 @settings(max_examples=60, deadline=None)
 @given(
     n=st.integers(1, 40),
