@@ -231,6 +231,37 @@ def test_shifted_and_unshifted_rows_in_one_block(c, opts):
     _close(expected[1], ref_d, np.float32)
 
 
+@pytest.mark.parametrize("weighted", [False, True])
+def test_smoothing_sums_with_masked_and_huge_logits(weighted):
+    """Label smoothing where the target is masked (−inf) or logits reach ±3e38.
+
+    The smoothing sum ``Σ_k w_k (s_k − shift)`` must come out as the
+    reference engine's: ``inf`` loss for a masked target, finite for
+    finite logits however large (``s log2 e`` overflows past 2.4e38).
+    """
+    rows = [
+        [-np.inf, 0.0, 1.0],  # masked target
+        [-1e38, 0.0, 1.0],
+        [-3e38, 0.0, 1.0],
+        [0.0, -3e38, 1.0],  # huge non-target
+        [1.0, 2.0, -np.inf],  # masked non-target: inf smoothing term
+        [3e38, -3e38, 0.0],
+        [0.5, 0.25, 0.0],  # an ordinary row in the same block
+    ]
+    scores = np.array(rows, np.float32)
+    y = np.array([0, 0, 0, 0, 1, 0, 2])
+    kw = {"label_smoothing": 0.1, "reduction": "none"}
+    if weighted:
+        kw["weight"] = np.array([0.5, 2.0, 1.0], np.float32)
+    loss, d = _run(scores, y, num_threads=2, block_rows=3, **kw)
+    ref_loss, ref_d = xs.softmax_loss(scores, y, engine="reference", **kw)
+    np.testing.assert_allclose(loss, ref_loss, rtol=1e-6)
+    np.testing.assert_allclose(d, ref_d, rtol=2e-5, atol=2e-6)
+    one = _run(scores, y, num_threads=1, block_rows=7, **kw)
+    _same_bits(loss, one[0])
+    _same_bits(d, one[1])
+
+
 @pytest.mark.parametrize("c", [4, 100])
 def test_nan_and_inf_propagate_like_the_reference(c):
     scores, y, _ = _problem(8, c, np.float32, seed=4)

@@ -18,11 +18,10 @@ notation of :mod:`xsoftmax._reduction`:
 ``z`` is the block of the output itself (``out``, or one new array), so only
 step 1 touches main memory and every later pass runs in place in cache: the
 memory traffic is about that of one copy of the ``(N, C)`` bytes. Scratch of
-one block per thread is used only for float16, for weighted label smoothing,
-for ``out=scores`` and for an ``out`` that is not C-contiguous; with the
-per-block row vectors the peak extra memory is the gradient plus a fixed
-~1 MB per thread (a few percent of the gradient for the large batches this
-engine is for). A new output's pages are left to fault in on the first
+one block per thread is used only for float16, for ``out=scores`` and for
+an ``out`` that is not C-contiguous. Blocks and threads are sized so that
+this scratch and the per-block row vectors stay within a few percent of the
+gradient (:data:`SCRATCH_SHARE`). A new output's pages are left to fault in on the first
 write of each block: the kernel zeroes the (2 MiB) page around the block
 last, leaving the block in cache (faulting a task's rows up front measured
 3-7% slower).
@@ -189,8 +188,9 @@ def softmax_loss(
     gradient is written into ``out`` when given (``out`` may be the scores
     themselves), else into one new array. ``num_threads`` defaults to
     :func:`default_num_threads`; ``block_rows`` (rows per block) defaults to
-    about :data:`BLOCK_BYTES` of scores, fewer where the scratch budget says
-    so (:func:`_default_block_rows`). Neither changes a bit of the results.
+    about :data:`BLOCK_BYTES` of scores, within the scratch budget but at
+    least :data:`MIN_BLOCK_ROWS` (:func:`_default_block_rows`). Neither
+    changes a bit of the results.
     """
     xp = inp.xp
     scores = np.asarray(inp.scores)
@@ -490,7 +490,7 @@ def _block(
     target += labels
     u_block = None if u is None else u[rows]
     se, shift = _exp(p, s, z, target, coef.wsum, scratch.vec[:n], u_block)
-    free = _target_terms(s, z, labels, target, se, shift, coef.wsum, t, l, u_block)
+    free = _target_terms(s, z, labels, target, se, shift, p.weight, t, l, u_block)
     np.multiply(z, np.divide(coef.c[rows], se, out=free)[:, None], out=z)
     np.subtract.at(flat, target, coef.a[rows])  # one target per row: no index repeats
     if coef.b is not None:
@@ -505,7 +505,7 @@ def _block(
         np.copyto(p.out[start : start + n], z)
 
 
-def _target_terms(s, z, labels, target, se, shift, wsum, t, l, u) -> np.ndarray:  # noqa: E741
+def _target_terms(s, z, labels, target, se, shift, weight, t, l, u) -> np.ndarray:  # noqa: E741
     """``l``, ``t`` (and ``u``) of the block's rows, relative to a per-row shift.
 
     ``z`` holds ``e_ik = exp(s_ik − m_i)``, ``se`` its row sums and ``u``
@@ -515,8 +515,9 @@ def _target_terms(s, z, labels, target, se, shift, wsum, t, l, u) -> np.ndarray:
     rounding of ``e_{i,y_i}``, which is also a term of the sum, cancels:
     ``l − t`` is 0 for C = 1 and as accurate as ``log(1 + small)`` for a
     confident row, however large the logits. Elsewhere (target far below
-    the maximum, −inf, NaN): ``l_i = log Σ_k e_ik``, ``t_i = s_{i,y_i} − m_i``
-    and ``u_i += W t_i``.
+    the maximum, −inf, NaN, or ``Σ_k e_ik / e_{i,y_i}`` overflowing):
+    ``l_i = log Σ_k e_ik``, ``t_i = s_{i,y_i} − m_i`` and ``u`` relative to
+    ``m_i`` (:func:`_exact_smoothing_sums`).
 
     Returns a row vector it no longer needs (scratch for the caller).
     """
@@ -525,9 +526,13 @@ def _target_terms(s, z, labels, target, se, shift, wsum, t, l, u) -> np.ndarray:
     ratio = np.take(flat, target, mode="clip")  # e_{i,y_i}; in range ("raise" would buffer)
     smallest = np.minimum.reduce(ratio)
     np.divide(se, ratio, out=ratio)
-    # The usual case, every target normal and every ratio finite (False for NaN):
-    # t = 0, and the scores are not read again.
-    if smallest >= tiny and np.maximum.reduce(ratio) < np.inf:
+    # The usual case, every target normal, every ratio (and u) finite (False
+    # for NaN): t = 0, and the scores are not read again.
+    if (
+        smallest >= tiny
+        and np.maximum.reduce(ratio) < np.inf
+        and (u is None or -np.inf < np.minimum.reduce(u) and np.maximum.reduce(u) < np.inf)
+    ):
         np.log(ratio, out=l)
         t[...] = 0
         return ratio
@@ -536,15 +541,34 @@ def _target_terms(s, z, labels, target, se, shift, wsum, t, l, u) -> np.ndarray:
     if s.flags.c_contiguous and s.dtype == t.dtype:
         np.take(s.reshape(-1), target, out=t, mode="clip")
     else:
-        t[...] = s[np.arange(len(t)), labels]
+        t[...] = s[np.arange(len(t)), labels]  # s_{i,y_i}, for now
+    if u is not None:
+        _exact_smoothing_sums(s, weight, normal, t, shift, u)
     if shift is not None:
         t -= shift
     np.log(se, out=l)
     np.log(ratio, out=l, where=normal)
-    if u is not None:  # u is relative to s_{i,y_i}: back to m_i where t_i is kept
-        u += np.where(normal, 0, t * wsum)
     t[normal] = 0
     return ratio
+
+
+def _exact_smoothing_sums(s, w, normal, sy, shift, u) -> None:
+    """Recompute ``u`` from the scores where the block's ``u`` is not to be trusted.
+
+    That is where the row keeps its shift ``m_i`` (``u_i = Σ_k w_k (s_ik − m_i)``)
+    and where ``u`` came out infinite or NaN (−inf scores; ``s log2 e``
+    overflowing for |s| > 2.4e38); relative to ``s_{i,y_i}`` where the row
+    is normal. Elementwise differences of the scores, as the reference engine
+    takes them. ``w``: the class weights, or None.
+    """
+    redo = ~normal | ~np.isfinite(u)
+    if not redo.any():
+        return
+    rows = np.flatnonzero(redo)
+    m = np.zeros(len(rows), u.dtype) if shift is None else shift[rows]
+    d = s[rows].astype(u.dtype)
+    d -= np.where(normal[rows], sy[rows], m)[:, None]
+    u[rows] = _row_sum(d, np.empty(len(rows), u.dtype), w)
 
 
 def _exp(
@@ -571,9 +595,9 @@ def _exp(
     shift = None
     while True:
         if shift is None:
-            np.multiply(s, p.log2e, out=z)  # also the float16 -> float32 cast
+            np.multiply(s, p.log2e, out=z, dtype=p.cdt)  # also the float16 -> float32 cast
         else:
-            np.subtract(s, shift[:, None], out=z)
+            np.subtract(s, shift[:, None], out=z, dtype=p.cdt)
             np.multiply(z, p.log2e, out=z)
         if u is not None:
             _row_sum(z, u, p.weight)
