@@ -141,8 +141,9 @@ SUM_RANGE = 2.0**24
 #: Rows per chunk of the fixed-order sums of row losses and of ``D``.
 CHUNK_ROWS = 4096
 
-#: float32 values per chunk of the float16 store (:func:`_store`): its temporaries.
-STORE_CHUNK = 32768
+#: float32 values per chunk of the float16 store (:func:`_store`): its
+#: temporaries take 9 bytes a value.
+STORE_CHUNK = 8192
 
 #: The smallest normal float16, 2^-14.
 HALF_MIN_NORMAL = np.float32(2.0**-14)
@@ -277,13 +278,15 @@ def _scratch_budget(
     """``(budget, per_thread, per_row)``: bytes of scratch allowed, and used.
 
     Each thread holds :data:`THREAD_BYTES` (and :data:`OUTER_BYTES` with
-    class weights and label smoothing), and per row being worked on the row
+    class weights and label smoothing, the float16 store's temporaries when
+    the block is computed in scratch), and per row being worked on the row
     vectors of :data:`SCRATCH_SHARE`, plus a row of the compute dtype when
     the block is computed in scratch (float16, ``out=scores``, an ``out``
     that is not C-contiguous).
     """
     weighted = inp.weight is not None
     per_thread = THREAD_BYTES + (OUTER_BYTES if weighted and inp.label_smoothing else 0)
+    per_thread += 0 if direct else STORE_CHUNK * 9  # _to_float16's temporaries
     per_row = ROW_VECTOR_BYTES + (8 if inp.label_smoothing else 0)
     per_row += 0 if direct else out.shape[1] * cdt.itemsize
     per_row += COEFFICIENT_BYTES if weighted or inp.ignore_index is not None else 0
@@ -309,10 +312,12 @@ def _default_block_rows(
     """Rows per block: :data:`BLOCK_BYTES` of scores, within the scratch budget."""
     budget, per_thread, per_row = _scratch_budget(out, cdt, inp, direct)
     rows = int((budget - threads * per_thread) // (threads * per_row))
-    # At least a few hundred rows (a few KB of row vectors): with many threads
-    # on a small batch the budget can be all but spent on the threads.
     row = out.shape[1] * cdt.itemsize
-    return max(1, min(MAX_BLOCK_ROWS, BLOCK_BYTES // row, max(rows, MIN_BLOCK_ROWS)))
+    if out.shape[1] <= SMALL_C:
+        # At least a few hundred short rows (a few KB of row vectors): with many
+        # threads on a small batch the budget can be all but spent on the threads.
+        rows = max(rows, MIN_BLOCK_ROWS)
+    return max(1, min(MAX_BLOCK_ROWS, BLOCK_BYTES // row, rows))
 
 
 def _same_view(a: np.ndarray, b: np.ndarray) -> bool:
