@@ -8,7 +8,7 @@ each block small enough to stay in a core's L2 cache. For one block, in the
 notation of :mod:`xsoftmax._reduction`:
 
 1. ``z_ik ← s_ik log2(e)`` (float16 widened to float32)   reads ``s`` from memory
-2. ``u_i = ln 2 · Σ_k w_k z_ik`` (label smoothing only)
+2. ``u_i = ln 2 · Σ_k w_k (z_ik − z_{i,y_i})`` (label smoothing only)
 3. ``e_ik = 2^{z_ik} = exp(s_ik)``; ``σ_i = Σ_k e_ik``
 4. rows whose ``σ_i`` is out of range are shifted by their maximum and the
    block redone (rarely: :func:`_exp`, :data:`SUM_RANGE`)
@@ -18,13 +18,13 @@ notation of :mod:`xsoftmax._reduction`:
 ``z`` is the block of the output itself (``out``, or one new array), so only
 step 1 touches main memory and every later pass runs in place in cache: the
 memory traffic is about that of one copy of the ``(N, C)`` bytes. Scratch of
-one block per thread is used only for float16, for ``out=scores`` and for
-an ``out`` that is not C-contiguous. Blocks and threads are sized so that
-this scratch and the per-block row vectors stay within a few percent of the
-gradient (:data:`SCRATCH_SHARE`). A new output's pages are left to fault in on the first
-write of each block: the kernel zeroes the (2 MiB) page around the block
-last, leaving the block in cache (faulting a task's rows up front measured
-3-7% slower).
+one block per thread is used only for float16 (stored by :func:`_store`),
+for ``out=scores`` and for an ``out`` that is not C-contiguous. Blocks and
+threads are sized so that this scratch and the per-block row vectors stay
+within a few percent of the gradient (:data:`SCRATCH_SHARE`). A new
+output's pages are left to fault in on the first write of each block: the
+kernel zeroes the (2 MiB) page around the block last, leaving the block in
+cache (faulting a task's rows up front measured 3-7% slower).
 
 Why not ``exp(s − max s)`` as the reference engine does: the softmax and the
 loss do not depend on the shift (``docs/math.md``), so a row whose
@@ -38,9 +38,9 @@ relative to the target logit, ``log(σ_i / e_{i,y_i})``, so the rounding of
 
 Row sums are ``np.einsum("ij->i")`` (:func:`_row_sum`). Row-broadcast
 operations (``z *= r[:, None]``) run with a ufunc buffer of at most one row
-(:func:`_ufunc_bufsize`). Short rows get the longest blocks the memory bound
-allows (:data:`ROWS_IN_FLIGHT`): their NumPy calls are short and per row, and
-contend for the GIL.
+(:func:`_ufunc_bufsize`). Short rows get the longest blocks the scratch
+budget allows (:data:`SCRATCH_SHARE`): their NumPy calls are short and per
+row, and contend for the GIL.
 
 Per-row coefficients come from :func:`xsoftmax._reduction.row_coefficients`,
 one task at a time (once for the whole batch without class weights and
@@ -94,7 +94,7 @@ NUM_THREADS_ENV = "XSOFTMAX_NUM_THREADS"
 #: ~3% ahead of 1 MiB at C = 32000 and 131072, 4-8 MiB no better.
 BLOCK_BYTES = 2 * 1024 * 1024
 
-#: Most rows per block and per task, and the fewest the scratch budget may ask for.
+#: Most rows per block and per task, and the fewest rows of a short-row block.
 MAX_BLOCK_ROWS = 16384
 MIN_BLOCK_ROWS = 256
 
