@@ -655,7 +655,7 @@ def test_hypothesis_adversarial_rows(n, c, offsets, masked, opts, threads, block
     [
         (262144, 10, {}),
         (262144, 10, {"weight": True, "ignore_index": 3, "label_smoothing": 0.1}),
-        (65536, 10, {"reduction": "none"}),
+        (262144, 10, {"reduction": "none"}),
         (4096, 1000, {"label_smoothing": 0.1}),
         (64, 100_000, {}),
     ],
