@@ -25,7 +25,7 @@ from typing import Any
 from ._backend import array_namespace, device, scalar_like
 from ._dtypes import compute_dtype
 from ._engines import select_engine
-from ._reduction import reduce_loss, row_coefficients, row_loss
+from ._reduction import reduce_loss, row_loss
 from ._typing import Array, ArrayNamespace
 from ._validate import LossInputs, bad_labels, check_floating, check_loss_inputs, check_out
 
@@ -133,17 +133,7 @@ def reference_softmax_loss(inp: LossInputs, *, out: Array | None = None) -> tupl
     u = None
     if inp.label_smoothing:
         u = xp.sum(z * w, axis=1) if w is not None else xp.sum(z, axis=1)
-    coef = row_coefficients(
-        xp,
-        y,
-        num_classes=c,
-        weight=w,
-        ignore_index=inp.ignore_index,
-        label_smoothing=inp.label_smoothing,
-        reduction=inp.reduction,
-        dtype=s.dtype,
-        denom=inp.denom,
-    )
+    coef = inp.coefficients(y, weight=w, dtype=s.dtype, denom=inp.denom)
     rows = row_loss(xp, coef, l, t, u)
 
     col = lambda v: v[:, None]  # noqa: E731

@@ -17,7 +17,8 @@ import numbers
 from typing import Any, NamedTuple
 
 from ._backend import array_namespace, backend_name, device, is_lazy
-from ._typing import Array, ArrayNamespace
+from ._reduction import RowCoefficients, row_coefficients
+from ._typing import Array, ArrayNamespace, DType
 
 __all__ = [
     "LossInputs",
@@ -106,6 +107,26 @@ class LossInputs(NamedTuple):
     #: For "mean" over a block of a larger batch (the Dask engine's chunks):
     #: the whole batch's denominator D, 0-d; None means "from these labels".
     denom: Array | None = None
+
+    def coefficients(
+        self, y: Array, *, weight: Array | None, dtype: DType, denom: Array | None
+    ) -> RowCoefficients:
+        """:func:`~xsoftmax._reduction.row_coefficients` of labels ``y`` under this call's options.
+
+        ``y``: this call's labels or some of them; ``weight``: the class
+        weights in ``dtype``; ``denom``: the "mean" denominator (None: from ``y``).
+        """
+        return row_coefficients(
+            self.xp,
+            y,
+            num_classes=self.scores.shape[1],
+            weight=weight,
+            ignore_index=self.ignore_index,
+            label_smoothing=self.label_smoothing,
+            reduction=self.reduction,
+            dtype=dtype,
+            denom=denom,
+        )
 
 
 def label_error(row: int, value: int, num_classes: int, ignore_index: int | None) -> ValueError:

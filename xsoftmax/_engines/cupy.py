@@ -31,7 +31,7 @@ from typing import Any, Protocol
 
 from .._backend import device
 from .._dtypes import compute_dtype
-from .._reduction import reduce_loss, row_coefficients, row_loss
+from .._reduction import reduce_loss, row_loss
 from .._typing import Array
 from .._validate import LossInputs
 from ._cuda_source import KERNELS, PREAMBLE, ElementwiseSpec, ReductionSpec
@@ -109,17 +109,7 @@ def fused_softmax_loss(
     launch("lse", s, xp.expand_dims(y, axis=1), xp.expand_dims(classes, axis=0), m, l, t)
 
     w = None if inp.weight is None else xp.astype(inp.weight, fdt)
-    coef = row_coefficients(
-        xp,
-        y,
-        num_classes=c,
-        weight=w,
-        ignore_index=inp.ignore_index,
-        label_smoothing=inp.label_smoothing,
-        reduction=inp.reduction,
-        dtype=fdt,
-        denom=inp.denom,
-    )
+    coef = inp.coefficients(y, weight=w, dtype=fdt, denom=inp.denom)
     # Without smoothing b = 0 and w never matters: w = 1 keeps 0 · w exactly 0.
     w_or_one = w if w is not None else xp.ones((c,), dtype=fdt, device=dev)
     u = None

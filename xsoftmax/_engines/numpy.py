@@ -77,10 +77,8 @@ from .._reduction import (
     RowCoefficients,
     label_weights,
     mean_of_total,
-    row_coefficients,
     row_loss,
 )
-from .._typing import ArrayNamespace
 from .._validate import LossInputs, check_positive_int
 
 __all__ = ["NUM_THREADS_ENV", "default_num_threads", "softmax_loss"]
@@ -163,14 +161,11 @@ def default_num_threads() -> int:
 class _Problem(NamedTuple):
     """What every task reads (shared, read-only) and where it writes."""
 
-    xp: ArrayNamespace
+    inp: LossInputs  # the call's options
     scores: np.ndarray  # (N, C), any layout; written only when it is `out`
     out: np.ndarray  # (N, C) gradient, in the scores' dtype
     y: np.ndarray  # (N,) labels
     weight: np.ndarray | None  # (C,) in the compute dtype
-    ignore_index: int | None
-    label_smoothing: float
-    reduction: str
     denom: Any  # D of the whole batch for "mean", else None
     row_losses: np.ndarray | None  # (N,) output of reduction="none"
     sums: _ChunkSums | None  # the row losses' sum otherwise
@@ -236,16 +231,13 @@ def softmax_loss(
             denom = _denominator(xp, y, weight, c, inp.ignore_index, cdt)
     shared = None
     if uniform and n:
-        shared = _shared_coefficients(xp, y, c, inp.label_smoothing, inp.reduction, denom, cdt)
+        shared = _shared_coefficients(inp, y, denom, cdt)
     problem = _Problem(
-        xp=xp,
+        inp=inp,
         scores=scores,
         out=out,
         y=y,
         weight=weight,
-        ignore_index=inp.ignore_index,
-        label_smoothing=inp.label_smoothing,
-        reduction=inp.reduction,
         denom=denom,
         row_losses=np.empty(n, dtype=scores.dtype) if inp.reduction == "none" else None,
         sums=None if inp.reduction == "none" else _ChunkSums(n, cdt),
@@ -404,7 +396,7 @@ class _Scratch:
         # The block itself, unless it is computed in the output.
         self.work = None if p.direct else np.empty(shape, dtype=p.cdt)
         # b_i w_k (weighted label smoothing), made a few rows at a time.
-        weighted_smoothing = p.label_smoothing and p.weight is not None
+        weighted_smoothing = p.inp.label_smoothing and p.weight is not None
         outer_rows = max(1, min(shape[0], OUTER_BYTES // (shape[1] * p.cdt.itemsize)))
         self.outer = np.empty((outer_rows, shape[1]), p.cdt) if weighted_smoothing else None
 
@@ -413,39 +405,17 @@ def _coefficients(p: _Problem, r0: int, r1: int) -> RowCoefficients:
     """The coefficients of rows ``r0:r1``, with the whole batch's "mean" denominator."""
     if p.shared is not None:  # the same for every row: views, nothing computed
         return p.shared._make(f[r0:r1] if _is_row_vector(f) else f for f in p.shared)
-    return row_coefficients(
-        p.xp,
-        p.y[r0:r1],
-        num_classes=p.out.shape[1],
-        weight=p.weight,
-        ignore_index=p.ignore_index,
-        label_smoothing=p.label_smoothing,
-        reduction=p.reduction,
-        dtype=p.cdt,
-        denom=p.denom,
-    )
+    return p.inp.coefficients(p.y[r0:r1], weight=p.weight, dtype=p.cdt, denom=p.denom)
 
 
-def _shared_coefficients(xp, y, c, label_smoothing, reduction, denom, cdt) -> RowCoefficients:
+def _shared_coefficients(inp: LossInputs, y: np.ndarray, denom: Any, cdt: np.dtype) -> RowCoefficients:
     """Without class weights or ``ignore_index`` every row has the same coefficients.
 
     They are computed once, for the first label, and broadcast (stride 0)
     to all ``N`` rows: the tasks slice them like per-row vectors.
     """
-    one = row_coefficients(
-        xp,
-        y[:1],
-        num_classes=c,
-        weight=None,
-        ignore_index=None,
-        label_smoothing=label_smoothing,
-        reduction=reduction,
-        dtype=cdt,
-        denom=denom,
-    )
-    return one._make(
-        np.broadcast_to(f, (len(y),)) if _is_row_vector(f) else f for f in one
-    )
+    one = inp.coefficients(y[:1], weight=None, dtype=cdt, denom=denom)
+    return one._make(np.broadcast_to(f, (len(y),)) if _is_row_vector(f) else f for f in one)
 
 
 def _is_row_vector(f: Any) -> bool:
@@ -459,14 +429,14 @@ def _task(p: _Problem, r0: int, r1: int, scratch: _Scratch) -> None:
     (a dozen small NumPy calls) is done once per task, not once per block.
     """
     coef = _coefficients(p, r0, r1)
-    if p.ignore_index is None:
+    if p.inp.ignore_index is None:
         labels = p.y[r0:r1].astype(np.intp, copy=False)
     else:
         labels = np.where(coef.valid, p.y[r0:r1], 0).astype(np.intp)  # ignored rows: any class
     n = r1 - r0
     t = np.empty(n, dtype=p.cdt)
     l = np.empty(n, dtype=p.cdt)  # noqa: E741 (the l of the docstring)
-    u = np.empty(n, dtype=p.cdt) if p.label_smoothing else None
+    u = np.empty(n, dtype=p.cdt) if p.inp.label_smoothing else None
     for b0 in range(0, n, p.block_rows):
         rows = slice(b0, min(b0 + p.block_rows, n))
         _block(p, r0 + b0, coef, rows, labels[rows], t[rows], l[rows], u, scratch)
