@@ -408,7 +408,9 @@ def _coefficients(p: _Problem, r0: int, r1: int) -> RowCoefficients:
     return p.inp.coefficients(p.y[r0:r1], weight=p.weight, dtype=p.cdt, denom=p.denom)
 
 
-def _shared_coefficients(inp: LossInputs, y: np.ndarray, denom: Any, cdt: np.dtype) -> RowCoefficients:
+def _shared_coefficients(
+    inp: LossInputs, y: np.ndarray, denom: Any, cdt: np.dtype
+) -> RowCoefficients:
     """Without class weights or ``ignore_index`` every row has the same coefficients.
 
     They are computed once, for the first label, and broadcast (stride 0)
