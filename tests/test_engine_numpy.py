@@ -113,6 +113,20 @@ def _same_bits(a, b):
     assert a.tobytes() == b.tobytes()
 
 
+def _same_results(a, b):
+    """``(loss, dscores)`` pairs bitwise equal."""
+    _same_bits(a[0], b[0])
+    _same_bits(a[1], b[1])
+
+
+def _same_everywhere(scores, y, configs, *, block_rows, **kw):
+    """One thread in blocks of ``block_rows``, and the same bits for every ``(threads, block)``."""
+    expected = _run(scores, y, num_threads=1, block_rows=block_rows, **kw)
+    for threads, block in configs:
+        _same_results(_run(scores, y, num_threads=threads, block_rows=block, **kw), expected)
+    return expected
+
+
 # --------------------------------------------------------------------------- values
 
 
@@ -221,11 +235,7 @@ def test_shifted_and_unshifted_rows_in_one_block(c, opts):
     scores[::3] += 40.0  # overflow the unshifted sum: shifted
     scores[1::7] -= 200.0  # underflow it: shifted
     scores[2::9] *= 9.0  # some rows just in range, some out
-    expected = _run(scores, y, num_threads=1, block_rows=40, **kw)
-    for threads, block in [(1, 1), (2, 3), (3, 7), (2, 16)]:
-        loss, d = _run(scores, y, num_threads=threads, block_rows=block, **kw)
-        _same_bits(loss, expected[0])
-        _same_bits(d, expected[1])
+    expected = _same_everywhere(scores, y, [(1, 1), (2, 3), (3, 7), (2, 16)], block_rows=40, **kw)
     ref_loss, ref_d = _float64(scores, y, **kw)
     _close(expected[0], ref_loss, np.float32)
     _close(expected[1], ref_d, np.float32)
@@ -258,8 +268,7 @@ def test_smoothing_sums_with_masked_and_huge_logits(weighted):
     np.testing.assert_allclose(loss, ref_loss, rtol=1e-6)
     np.testing.assert_allclose(d, ref_d, rtol=2e-5, atol=2e-6)
     one = _run(scores, y, num_threads=1, block_rows=7, **kw)
-    _same_bits(loss, one[0])
-    _same_bits(d, one[1])
+    _same_results((loss, d), one)
 
 
 @pytest.mark.parametrize("c", [4, 100])
@@ -320,8 +329,7 @@ def test_label_dtypes(label_dtype):
     scores, y, _ = _problem(20, 9, seed=6)
     loss, d = _run(scores, y.astype(label_dtype))
     ref_loss, ref_d = _run(scores, y.astype(np.int64))
-    _same_bits(loss, ref_loss)
-    _same_bits(d, ref_d)
+    _same_results((loss, d), (ref_loss, ref_d))
 
 
 @pytest.mark.parametrize(
@@ -344,8 +352,7 @@ def test_non_contiguous_scores(layout, c):
     assert not scores.flags.c_contiguous
     loss, d = _run(scores, y, num_threads=2, block_rows=5, **kw)
     ref_loss, ref_d = _run(base, y, num_threads=1, **kw)
-    _same_bits(loss, ref_loss)
-    _same_bits(d, ref_d)
+    _same_results((loss, d), (ref_loss, ref_d))
     assert d.flags.c_contiguous
 
 
@@ -367,14 +374,10 @@ def test_bitwise_identical_across_threads_and_blocks(c, dtype, opts, monkeypatch
     scores, y, kw = _problem(n, c, dtype, opts=opts, seed=8)
     if c > 1 and "ignore_index" not in kw:
         y[9:17] = c - 1  # rows 9..16 share a label; blocks of 4 and 6 cut the run
-    expected = _run(scores, y, num_threads=1, block_rows=n, **kw)
-    for threads, block in itertools.product((1, 2, 3), (1, 4, 6, 28, n, 1000)):
-        loss, d = _run(scores, y, num_threads=threads, block_rows=block, **kw)
-        _same_bits(loss, expected[0])
-        _same_bits(d, expected[1])
-    default = _run(scores, y, **kw)
-    _same_bits(default[0], expected[0])
-    _same_bits(default[1], expected[1])
+    expected = _same_everywhere(
+        scores, y, itertools.product((1, 2, 3), (1, 4, 6, 28, n, 1000)), block_rows=n, **kw
+    )
+    _same_results(_run(scores, y, **kw), expected)  # default threads and blocks
 
 
 @pytest.mark.parametrize("c", [1000, 8200, 20001])
@@ -385,11 +388,9 @@ def test_long_rows_single_row_blocks(c):
     longer than NumPy's 8192-element buffer are where a 1-D sum would differ.
     """
     scores, y, kw = _problem(7, c, opts={"label_smoothing": 0.1}, seed=12, scale=30.0)
-    expected = _run(scores, y, num_threads=1, block_rows=7, **kw)
-    for threads, block in [(1, 1), (2, 1), (1, 2), (3, 3), (2, 4)]:
-        loss, d = _run(scores, y, num_threads=threads, block_rows=block, **kw)
-        _same_bits(loss, expected[0])
-        _same_bits(d, expected[1])
+    expected = _same_everywhere(
+        scores, y, [(1, 1), (2, 1), (1, 2), (3, 3), (2, 4)], block_rows=7, **kw
+    )
     ref_loss, ref_d = xs.softmax_loss(scores, y, engine="reference", **kw)
     np.testing.assert_allclose(expected[0], ref_loss, rtol=2e-5)
     np.testing.assert_allclose(expected[1], ref_d, rtol=2e-4, atol=1e-9)
@@ -397,15 +398,13 @@ def test_long_rows_single_row_blocks(c):
 
 @pytest.mark.parametrize("opts", OPTIONS, ids=_ids)
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
-def test_small_c_transposed_blocks(dtype, opts):
-    """Short rows (worked on transposed): blocks and tasks cut anywhere, same bits."""
+def test_small_c_blocks(dtype, opts):
+    """Short rows: blocks and tasks cut anywhere, same bits."""
     n, c = 3000, 10
     scores, y, kw = _problem(n, c, dtype, opts=opts, seed=13)
-    expected = _run(scores, y, num_threads=1, block_rows=n, **kw)
-    for threads, block in [(2, 1), (3, 7), (2, 1024), (1, 2999), (2, None)]:
-        loss, d = _run(scores, y, num_threads=threads, block_rows=block, **kw)
-        _same_bits(loss, expected[0])
-        _same_bits(d, expected[1])
+    expected = _same_everywhere(
+        scores, y, [(2, 1), (3, 7), (2, 1024), (1, 2999), (2, None)], block_rows=n, **kw
+    )
     ref_loss, ref_d = xs.softmax_loss(scores, y, engine="reference", **kw)
     tol = dict(rtol=2e-5, atol=1e-6) if dtype == np.float32 else dict(rtol=1e-3, atol=1e-5)
     np.testing.assert_allclose(expected[0], ref_loss, **tol)
@@ -419,11 +418,9 @@ def test_many_blocks_and_chunks(c):
     """Real chunk size, several chunks, blocks aligned or not with them."""
     n = 2 * engine.CHUNK_ROWS + 123
     scores, y, kw = _problem(n, c, opts={"weight": True, "label_smoothing": 0.1}, seed=9)
-    one = _run(scores, y, num_threads=1, block_rows=n, **kw)
-    for threads, block in [(2, None), (3, 1000), (2, engine.CHUNK_ROWS), (3, 777)]:
-        loss, d = _run(scores, y, num_threads=threads, block_rows=block, **kw)
-        _same_bits(loss, one[0])
-        _same_bits(d, one[1])
+    one = _same_everywhere(
+        scores, y, [(2, None), (3, 1000), (2, engine.CHUNK_ROWS), (3, 777)], block_rows=n, **kw
+    )
     ref_loss, ref_d = xs.softmax_loss(scores, y, engine="reference", **kw)
     np.testing.assert_allclose(one[0], ref_loss, rtol=2e-5)
     np.testing.assert_allclose(one[1], ref_d, rtol=2e-5, atol=2e-7)
@@ -485,9 +482,8 @@ def test_inputs_untouched_and_read_only(c):
         a.setflags(write=False)
     loss, d = _run(scores, y, num_threads=2, block_rows=4, **kw)
     xs.softmax_loss(scores, y, **kw)
-    _same_bits(scores, copies[0])
-    _same_bits(y, copies[1])
-    _same_bits(kw["weight"], copies[2])
+    for a, copy in zip((scores, y, kw["weight"]), copies):
+        _same_bits(a, copy)
     assert d.flags.writeable
 
 
@@ -604,8 +600,7 @@ def test_hypothesis_shapes(n, c, threads, block, opts, seed):
     np.testing.assert_allclose(loss, ref_loss, rtol=2e-5, atol=2e-6)
     np.testing.assert_allclose(d, ref_d, rtol=2e-5, atol=2e-6)
     one = _run(scores, y, num_threads=1, block_rows=n, **kw)
-    _same_bits(loss, one[0])
-    _same_bits(d, one[1])
+    _same_results((loss, d), one)
 
 
 @settings(max_examples=60, deadline=None)
@@ -642,8 +637,7 @@ def test_hypothesis_adversarial_rows(n, c, offsets, masked, opts, threads, block
     np.testing.assert_allclose(loss, ref_loss, rtol=2e-5, atol=2e-3 if huge else 2e-6)
     np.testing.assert_allclose(d, ref_d, rtol=2e-5, atol=2e-6)
     one = _run(scores, y, num_threads=1, block_rows=n, **kw)
-    _same_bits(loss, one[0])
-    _same_bits(d, one[1])
+    _same_results((loss, d), one)
 
 
 @pytest.mark.parametrize(
