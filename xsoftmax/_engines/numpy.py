@@ -225,8 +225,6 @@ def softmax_loss(
     if inp.reduction == "mean":
         if inp.denom is not None:  # one block of a larger batch (the Dask engine)
             denom = np.asarray(inp.denom, dtype=cdt)
-        elif uniform:
-            denom = np.asarray(n, dtype=cdt)  # D = Σ_i 1
         else:
             denom = _denominator(xp, y, weight, c, inp.ignore_index, cdt)
     shared = None
@@ -325,7 +323,10 @@ def _denominator(xp, y, weight, c, ignore_index, cdt) -> Any:
     """``D = Σ_i v_i w_{y_i}`` of the whole batch, summed in chunks of :data:`CHUNK_ROWS`.
 
     Chunks keep the label temporaries small and fix the order of the sum.
+    Without class weights and ``ignore_index`` every row counts 1: ``D = N``.
     """
+    if weight is None and ignore_index is None:
+        return np.asarray(len(y), dtype=cdt)
     parts = np.empty(math.ceil(len(y) / CHUNK_ROWS), dtype=cdt)
     for j in range(len(parts)):
         _, wy = label_weights(
