@@ -241,6 +241,36 @@ def test_shifted_and_unshifted_rows_in_one_block(c, opts):
     _close(expected[1], ref_d, np.float32)
 
 
+@pytest.mark.parametrize("opts", OPTIONS, ids=_ids)
+def test_one_block_of_a_task_redone(opts):
+    """A task of many blocks in which one row needs a shift and others cannot have one.
+
+    The task redoes only the block of the shifted row; the other blocks keep
+    their first pass, and their row sums and target terms, untouched by the
+    redo. A NaN row and an all −inf row are out of range but have no finite
+    maximum to shift by: their blocks are not redone, and they come out as
+    in the reference engine (NaN).
+    """
+    scores, y, kw = _problem(64, 300, np.float32, opts=opts, seed=23)
+    scores[37] += 500.0  # overflows unshifted: shifted, its block redone
+    expected = _same_everywhere(scores, y, [(1, 4), (2, 5), (1, 64)], block_rows=4, **kw)
+    ref_loss, ref_d = _float64(scores, y, **kw)
+    _close(expected[0], ref_loss, np.float32)
+    _close(expected[1], ref_d, np.float32)
+
+    scores[50, 7] = np.nan
+    scores[10] = -np.inf
+    kw["reduction"] = "none"
+    loss, d = _same_everywhere(scores, y, [(1, 4), (2, 3), (1, 64)], block_rows=4, **kw)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        ref_loss, ref_d = xs.softmax_loss(scores, y, engine="reference", **kw)
+    np.testing.assert_allclose(loss, ref_loss, rtol=2e-5, atol=2e-6, equal_nan=True)
+    np.testing.assert_allclose(d, ref_d, rtol=2e-5, atol=2e-6, equal_nan=True)
+    valid = np.ones(64, bool) if "ignore_index" not in kw else y != kw["ignore_index"]
+    assert np.isnan(d[50]).all() and np.isnan(d[10]).all()
+    assert np.isnan(loss[50]) == valid[50] and np.isnan(loss[10]) == valid[10]
+
+
 @pytest.mark.parametrize("weighted", [False, True])
 def test_smoothing_sums_with_masked_and_huge_logits(weighted):
     """Label smoothing where the target is masked (−inf) or logits reach ±3e38.

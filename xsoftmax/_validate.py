@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 import numbers
-import numbers
 from typing import Any, NamedTuple
 
 from ._backend import array_namespace, backend_name, device, is_lazy

@@ -2,18 +2,22 @@ r"""The NumPy engine: softmax cross-entropy, forward and backward, in cache-size
 
 The rows of the ``(N, C)`` scores are cut into *tasks* of up to a few
 thousand rows, shared out among threads (NumPy releases the GIL inside its
-loops). A task computes its rows' coefficients and row losses once, and
-makes its passes over the ``(rows, C)`` data one cache *block* at a time,
-each block small enough to stay in a core's L2 cache. For one block, in the
-notation of :mod:`xsoftmax._reduction`:
+loops). A task makes its passes over the ``(rows, C)`` data one cache
+*block* at a time, each block small enough to stay in a core's L2 cache,
+and does its row-vector work once, for all its rows. In the notation of
+:mod:`xsoftmax._reduction`, a block makes
 
 1. ``z_ik ← s_ik log2(e)`` (float16 widened to float32)   reads ``s`` from memory
 2. ``u_i = ln 2 · Σ_k w_k (z_ik − z_{i,y_i})`` (label smoothing only)
-3. ``e_ik = 2^{z_ik} = exp(s_ik)``; ``σ_i = Σ_k e_ik``
-4. rows whose ``σ_i`` is out of range are shifted by their maximum and the
-   block redone (rarely: :func:`_exp`, :data:`SUM_RANGE`)
-5. ``l_i − t_i = log(σ_i / e_{i,y_i})`` (:func:`_target_terms`)
-6. ``d_ik = e_ik · c_i / σ_i − a_i 1[k = y_i] − b_i w_k``
+3. ``e_ik = 2^{z_ik} = exp(s_ik)``; ``σ_i = Σ_k e_ik``; ``e_{i,y_i}``
+4. ``d_ik = e_ik · c_i / σ_i − a_i 1[k = y_i] − b_i w_k``
+
+and the task then
+
+5. shifts the rows whose ``σ_i`` is out of range by their maximum and redoes
+   their blocks (rarely: :func:`_shift_rows`, :data:`SUM_RANGE`),
+6. takes ``l_i − t_i = log(σ_i / e_{i,y_i})`` (:func:`_target_terms`) and
+   the row losses.
 
 ``z`` is the block of the output itself (``out``, or one new array), so only
 step 1 touches main memory and every later pass runs in place in cache: the
@@ -129,7 +133,7 @@ SMALL_C = 48
 SHORT_ROWS_PER_THREAD = 12288
 
 #: A row is first computed unshifted, ``exp(s_ik)``; it is shifted by its
-#: maximum ``m_i`` (:func:`_exp`) when ``Σ_k exp(s_ik)`` is outside
+#: maximum ``m_i`` (:func:`_shift_rows`) when ``Σ_k exp(s_ik)`` is outside
 #: ``[1/SUM_RANGE, SUM_RANGE]``. Unshifted rows thus have ``m_i ≤ ln SUM_RANGE``
 #: (≈ 16.6) and ``m_i ≥ −ln SUM_RANGE − ln C``: nothing overflows, the row's
 #: largest terms are normal numbers, and ``exp``'s argument is small enough
@@ -393,7 +397,7 @@ class _Scratch:
 
     def __init__(self, p: _Problem) -> None:
         shape = (p.block_rows, p.out.shape[1])
-        self.vec = np.empty(shape[0], dtype=p.cdt)  # m, then Σ_k e_ik
+        self.vec = np.empty(shape[0], dtype=p.cdt)  # c_i / σ_i, or the row maxima m_i
         # The block itself, unless it is computed in the output.
         self.work = None if p.direct else np.empty(shape, dtype=p.cdt)
         # b_i w_k (weighted label smoothing), made a few rows at a time.
@@ -426,10 +430,14 @@ def _is_row_vector(f: Any) -> bool:
 
 
 def _task(p: _Problem, r0: int, r1: int, scratch: _Scratch) -> None:
-    """Rows ``r0:r1``: coefficients and row losses once, the ``(n, C)`` passes by cache block.
+    """Rows ``r0:r1``: the ``(n, C)`` passes by cache block, then the row-vector work once.
 
-    Wide rows make cache blocks of one to a few rows; the row-vector work
-    (a dozen small NumPy calls) is done once per task, not once per block.
+    A block makes only the passes over its ``(rows, C)`` data and leaves its
+    rows' ``σ_i`` and ``e_{i,y_i}`` in task vectors: wide rows make blocks of
+    one to a few rows, and a few NumPy calls per block less is a few percent
+    of the run (they also hold the GIL). Rows whose ``σ_i`` is out of range
+    are then shifted and their blocks redone (:func:`_shift_rows`), and the
+    row losses taken for the whole task (:func:`_target_terms`).
     """
     coef = _coefficients(p, r0, r1)
     if p.inp.ignore_index is None:
@@ -437,12 +445,15 @@ def _task(p: _Problem, r0: int, r1: int, scratch: _Scratch) -> None:
     else:
         labels = np.where(coef.valid, p.y[r0:r1], 0).astype(np.intp)  # ignored rows: any class
     n = r1 - r0
-    t = np.empty(n, dtype=p.cdt)
-    l = np.empty(n, dtype=p.cdt)  # noqa: E741 (the l of the docstring)
+    se = np.empty(n, dtype=p.cdt)  # σ_i = Σ_k e_ik
+    ey = np.empty(n, dtype=p.cdt)  # e_{i,y_i}
     u = np.empty(n, dtype=p.cdt) if p.inp.label_smoothing else None
-    for b0 in range(0, n, p.block_rows):
-        rows = slice(b0, min(b0 + p.block_rows, n))
-        _block(p, r0 + b0, coef, rows, labels[rows], t[rows], l[rows], u, scratch)
+    blocks = [slice(b0, min(b0 + p.block_rows, n)) for b0 in range(0, n, p.block_rows)]
+    for rows in blocks:
+        _block(p, r0, rows, coef, labels, se, ey, u, scratch)
+    shift = _shift_rows(p, r0, blocks, coef, labels, se, ey, u, scratch)
+    l = np.empty(n, dtype=p.cdt)  # noqa: E741 (the l of the docstring)
+    t = _target_terms(p.scores[r0:r1], labels, se, ey, shift, p.weight, l, u)  # in ey
     losses = row_loss(np, coef, l, t, u)  # NumPy itself: fewer wrapper layers per block
     if p.row_losses is not None:
         p.row_losses[r0:r1] = losses
@@ -452,41 +463,99 @@ def _task(p: _Problem, r0: int, r1: int, scratch: _Scratch) -> None:
 
 def _block(
     p: _Problem,
-    start: int,
-    coef: RowCoefficients,
+    r0: int,
     rows: slice,
+    coef: RowCoefficients,
     labels: np.ndarray,
-    t: np.ndarray,
-    l: np.ndarray,  # noqa: E741 (the l of the docstring)
+    se: np.ndarray,
+    ey: np.ndarray,
     u: np.ndarray | None,
     scratch: _Scratch,
+    shift: np.ndarray | None = None,
 ) -> None:
-    """Steps 1–6 of the module docstring for the rows ``start : start + len(t)``.
+    """Steps 1–3 and 6 of the module docstring for the task's rows ``rows``.
 
-    ``coef``, ``u`` cover the whole task and ``rows`` selects this block's
-    part; ``t``, ``l`` (and ``u[rows]``) receive the block's row values.
+    ``coef``, ``labels``, ``se``, ``ey``, ``u`` and ``shift`` (None: all 0)
+    cover the task (from row ``r0``); the block writes ``σ_i`` into ``se``,
+    ``e_{i,y_i}`` into ``ey`` and (label smoothing) ``u_i`` into ``u``. The
+    gradient is scaled before ``σ_i`` is known to be in range: a row out of
+    range has its block redone (:func:`_shift_rows`).
     """
-    n = len(t)
-    s = p.scores[start : start + n]
-    z = p.out[start : start + n] if p.direct else scratch.work[:n]
+    start, stop = r0 + rows.start, r0 + rows.stop
+    n = stop - start
+    s = p.scores[start:stop]
+    z = p.out[start:stop] if p.direct else scratch.work[:n]
     flat = z.reshape(-1)  # a view: z is C-contiguous
     target = np.arange(0, z.size, z.shape[1], dtype=np.intp)  # flat index of y_i in z
-    target += labels
-    u_block = None if u is None else u[rows]
-    se, shift = _exp(p, s, z, target, coef.wsum, scratch.vec[:n], u_block)
-    free = _target_terms(s, z, labels, target, se, shift, p.weight, t, l, u_block)
-    np.multiply(z, np.divide(coef.c[rows], se, out=free)[:, None], out=z)
+    target += labels[rows]
+    if shift is None:
+        np.multiply(s, p.log2e, out=z, dtype=p.cdt)  # also the float16 -> float32 cast
+    else:
+        np.subtract(s, shift[rows, None], out=z, dtype=p.cdt)
+        np.multiply(z, p.log2e, out=z)
+    if u is not None:
+        # u_i = Σ_k w_k (s_ik − s_{i,y_i}) = ln 2 · (Σ_k w_k z_ik − W z_{i,y_i}):
+        # relative to the target logit, like the loss, so that C = 1 gives 0.
+        u_block = _row_sum(z, u[rows], p.weight)
+        u_block -= np.take(flat, target, mode="clip") * coef.wsum
+        u_block *= p.ln2
+    np.exp2(z, out=z)
+    _row_sum(z, se[rows])
+    np.take(flat, target, out=ey[rows], mode="clip")  # in range ("raise" would buffer)
+    np.multiply(z, np.divide(coef.c[rows], se[rows], out=scratch.vec[:n])[:, None], out=z)
     np.subtract.at(flat, target, coef.a[rows])  # one target per row: no index repeats
     if coef.b is not None:
         if p.weight is None:
             np.subtract(z, coef.b[rows, None], out=z)
         else:  # z −= b ⊗ w, a few rows at a time
             b, k = coef.b[rows], len(scratch.outer)
-            for r0 in range(0, n, k):
-                bw = np.multiply(b[r0 : r0 + k, None], p.weight, out=scratch.outer[: n - r0])
-                np.subtract(z[r0 : r0 + k], bw, out=z[r0 : r0 + k])
+            for i in range(0, n, k):
+                bw = np.multiply(b[i : i + k, None], p.weight, out=scratch.outer[: n - i])
+                np.subtract(z[i : i + k], bw, out=z[i : i + k])
     if not p.direct:
-        _store(z, p.out[start : start + n])
+        _store(z, p.out[start:stop])
+
+
+def _shift_rows(
+    p: _Problem,
+    r0: int,
+    blocks: list[slice],
+    coef: RowCoefficients,
+    labels: np.ndarray,
+    se: np.ndarray,
+    ey: np.ndarray,
+    u: np.ndarray | None,
+    scratch: _Scratch,
+) -> np.ndarray | None:
+    """Shift the rows whose ``σ_i`` is out of range and redo their blocks; the shifts.
+
+    Returns None, all shifts 0, when every ``σ_i`` is in
+    ``[1/SUM_RANGE, SUM_RANGE]`` (see :data:`SUM_RANGE`). Otherwise a row
+    out of range (overflow, underflow, NaN) is shifted by its maximum
+    ``m_i`` (0 when that is not finite, as in the reference engine) and its
+    block computed again, the block's other rows with shift 0 and so to the
+    same bits. Whether a row is shifted depends on that row alone.
+    """
+    lo, hi = 1 / SUM_RANGE, SUM_RANGE
+    # Two reductions decide the usual case (comparisons with NaN are False).
+    if np.minimum.reduce(se) >= lo and np.maximum.reduce(se) <= hi:
+        return None
+    out_of_range = ~((se >= lo) & (se <= hi))  # also True for NaN
+    shift = np.zeros_like(se)
+    for rows in blocks:
+        if not out_of_range[rows].any():
+            continue
+        s = p.scores[r0 + rows.start : r0 + rows.stop]
+        m = scratch.vec[: len(s)]
+        if s.shape[1] <= SMALL_C:
+            _column_fold(np.maximum, s, m)
+        else:
+            np.maximum.reduce(s, axis=1, out=m)
+        shifted = out_of_range[rows] & np.isfinite(m)
+        if shifted.any():
+            np.copyto(shift[rows], m, where=shifted)
+            _block(p, r0, rows, coef, labels, se, ey, u, scratch, shift)
+    return shift
 
 
 def _store(z: np.ndarray, dst: np.ndarray) -> None:
@@ -528,51 +597,47 @@ def _to_float16(x: np.ndarray, out: np.ndarray) -> None:
     np.copyto(out.view(np.uint16), bits, casting="unsafe", where=small)
 
 
-def _target_terms(s, z, labels, target, se, shift, weight, t, l, u) -> np.ndarray:  # noqa: E741
-    """``l``, ``t`` (and ``u``) of the block's rows, relative to a per-row shift.
+def _target_terms(s, labels, se, ey, shift, weight, l, u) -> np.ndarray:  # noqa: E741
+    """``l``, ``t`` (and ``u``) of a task's rows, relative to a per-row shift.
 
-    ``z`` holds ``e_ik = exp(s_ik − m_i)``, ``se`` its row sums and ``u``
-    (label smoothing) ``Σ_k w_k (s_ik − s_{i,y_i})``. Where ``e_{i,y_i}`` is
-    a normal number the row is re-shifted by its target logit:
-    ``l_i = log(Σ_k e_ik / e_{i,y_i})`` and ``t_i = 0``, so that the
-    rounding of ``e_{i,y_i}``, which is also a term of the sum, cancels:
-    ``l − t`` is 0 for C = 1 and as accurate as ``log(1 + small)`` for a
-    confident row, however large the logits. Elsewhere (target far below
-    the maximum, −inf, NaN, or ``Σ_k e_ik / e_{i,y_i}`` overflowing):
-    ``l_i = log Σ_k e_ik``, ``t_i = s_{i,y_i} − m_i`` and ``u`` relative to
-    ``m_i`` (:func:`_exact_smoothing_sums`).
+    ``se`` holds ``Σ_k e_ik`` and ``ey`` the target's ``e_{i,y_i}``, where
+    ``e_ik = exp(s_ik − m_i)`` (``m = shift``, None for all 0), and ``u``
+    (label smoothing) ``Σ_k w_k (s_ik − s_{i,y_i})``. Where ``e_{i,y_i}`` is a
+    normal number the row is re-shifted by its target logit:
+    ``l_i = log(Σ_k e_ik / e_{i,y_i})`` and ``t_i = 0``, so that the rounding
+    of ``e_{i,y_i}``, which is also a term of the sum, cancels: ``l − t`` is
+    0 for C = 1 and as accurate as ``log(1 + small)`` for a confident row,
+    however large the logits. Elsewhere (target far below the maximum, −inf,
+    NaN, or ``Σ_k e_ik / e_{i,y_i}`` overflowing): ``l_i = log Σ_k e_ik``,
+    ``t_i = s_{i,y_i} − m_i`` and ``u`` relative to ``m_i``
+    (:func:`_exact_smoothing_sums`).
 
-    Returns a row vector it no longer needs (scratch for the caller).
+    Returns ``t``, written over ``ey`` (short rows: one row vector less).
     """
-    flat = z.reshape(-1)
-    tiny = np.finfo(z.dtype).tiny
-    ratio = np.take(flat, target, mode="clip")  # e_{i,y_i}; in range ("raise" would buffer)
-    smallest = np.minimum.reduce(ratio)
-    np.divide(se, ratio, out=ratio)
+    tiny = np.finfo(se.dtype).tiny
+    ratio = np.divide(se, ey, out=l)
     # The usual case, every target normal, every ratio (and u) finite (False
     # for NaN): t = 0, and the scores are not read again.
     if (
-        smallest >= tiny
+        np.minimum.reduce(ey) >= tiny
         and np.maximum.reduce(ratio) < np.inf
         and (u is None or -np.inf < np.minimum.reduce(u) and np.maximum.reduce(u) < np.inf)
     ):
         np.log(ratio, out=l)
-        t[...] = 0
-        return ratio
-    normal = np.take(flat, target, mode="clip") >= tiny  # False for 0 and NaN
+        ey[...] = 0
+        return ey
+    normal = ey >= tiny  # False for 0 and NaN
     normal &= ratio < np.inf  # a far-off target overflows the ratio: the other formula
-    if s.flags.c_contiguous and s.dtype == t.dtype:
-        np.take(s.reshape(-1), target, out=t, mode="clip")
-    else:
-        t[...] = s[np.arange(len(t)), labels]  # s_{i,y_i}, for now
+    t = ey
+    t[...] = s[np.arange(len(t)), labels]  # s_{i,y_i}, for now
     if u is not None:
         _exact_smoothing_sums(s, weight, normal, t, shift, u)
     if shift is not None:
         t -= shift
-    np.log(se, out=l)
-    np.log(ratio, out=l, where=normal)
+    np.log(ratio, out=ratio)
+    np.log(se, out=l, where=~normal)
     t[normal] = 0
-    return ratio
+    return t
 
 
 def _exact_smoothing_sums(s, w, normal, sy, shift, u) -> None:
@@ -592,54 +657,6 @@ def _exact_smoothing_sums(s, w, normal, sy, shift, u) -> None:
     d = s[rows].astype(u.dtype)
     d -= np.where(normal[rows], sy[rows], m)[:, None]
     u[rows] = _row_sum(d, np.empty(len(rows), u.dtype), w)
-
-
-def _exp(
-    p: _Problem,
-    s: np.ndarray,
-    z: np.ndarray,
-    target: np.ndarray,
-    wsum: Any,
-    vec: np.ndarray,
-    u: np.ndarray | None,
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """``z ← exp(s − m)`` and ``Σ_k z_ik`` (in ``vec``), and the shifts ``m`` (None: all 0).
-
-    First unshifted, as ``z = 2^(s log2 e)``. A row whose sum is outside
-    ``[1/SUM_RANGE, SUM_RANGE]`` (overflow, underflow, NaN; see
-    :data:`SUM_RANGE`) is then shifted by its maximum (0 when that is not
-    finite, as in the reference engine), and the block computed again, the
-    other rows with shift 0 and so to the same bits. Whether a row is
-    shifted depends on that row alone. With label smoothing ``u`` receives
-    ``Σ_k w_k (s_ik − s_{i,y_i}) = ln 2 · (Σ_k w_k z_ik − W z_{i,y_i})`` (``z``
-    before the exp): relative to the target logit, like the loss
-    (:func:`_target_terms`), so that C = 1 gives exactly 0.
-    """
-    shift = None
-    while True:
-        if shift is None:
-            np.multiply(s, p.log2e, out=z, dtype=p.cdt)  # also the float16 -> float32 cast
-        else:
-            np.subtract(s, shift[:, None], out=z, dtype=p.cdt)
-            np.multiply(z, p.log2e, out=z)
-        if u is not None:
-            _row_sum(z, u, p.weight)
-            u -= np.take(z.reshape(-1), target, mode="clip") * wsum
-            u *= p.ln2
-        np.exp2(z, out=z)
-        se = _row_sum(z, vec)
-        if shift is not None:
-            return se, shift
-        # Two reductions decide the usual case (comparisons with NaN are False).
-        if np.minimum.reduce(se) >= 1 / SUM_RANGE and np.maximum.reduce(se) <= SUM_RANGE:
-            return se, None
-        shifted = ~((se >= 1 / SUM_RANGE) & (se <= SUM_RANGE))  # also True for NaN
-        if s.shape[1] <= SMALL_C:
-            m = _column_fold(np.maximum, s, vec)
-        else:
-            m = np.maximum.reduce(s, axis=1, out=vec)
-        shifted &= np.isfinite(m)
-        shift = np.where(shifted, m, np.zeros_like(m))
 
 
 def _column_fold(op: np.ufunc, a: np.ndarray, out: np.ndarray) -> np.ndarray:
