@@ -305,3 +305,33 @@ def test_pytest_benchmark_suite_reports_bandwidth_and_floor(tmp_path):
     relu = next(r for r in results if r["group"].startswith("relu_backward"))
     affine = next(r for r in results if r["group"].startswith("affine_forward"))
     assert "floor_ratio" in relu["extra_info"] and "gflops" in affine["extra_info"]
+
+
+def _load_numpy_floor() -> types.ModuleType:
+    path = Path(__file__).resolve().parents[1] / "bench" / "numpy_floor.py"
+    spec = importlib.util.spec_from_file_location("numpy_floor", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("block_rows,threads", [(1, 1), (7, 2), (64, 3)])
+def test_numpy_floor_bare_pass_is_the_softmax_loss(block_rows, threads):
+    """``bench/numpy_floor.py`` times real work: its bare call sequence gives the loss and gradient."""
+    floor = _load_numpy_floor()
+    rng = np.random.default_rng(3)
+    s = rng.standard_normal((50, 10), dtype=np.float32)
+    y = rng.integers(0, 10, 50)
+    loss, d = floor.bare_pass(s, y, block_rows, threads)
+    ref_loss, ref_d = oracle_softmax_loss(s, y)
+    np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
+    np.testing.assert_allclose(d, ref_d, rtol=1e-5, atol=1e-7)
+
+
+def test_numpy_floor_prints_engine_and_bare_ratios(capsys):
+    floor = _load_numpy_floor()
+    floor.main(["--shape", "64x10", "--block-rows", "8,64", "--threads", "2", "--repeat", "2"])
+    out = capsys.readouterr().out
+    assert "64x10 float32, 2 threads" in out
+    assert "NumPy engine (fused)" in out
+    assert out.count("bare calls") == 2 and "x floor" in out
