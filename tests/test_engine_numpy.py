@@ -242,6 +242,34 @@ def test_shifted_and_unshifted_rows_in_one_block(c, opts):
 
 
 @pytest.mark.parametrize("opts", OPTIONS, ids=_ids)
+def test_targets_far_below_the_row(opts):
+    """Rows whose ``σ / e_y`` overflows, or whose ``e_y`` is subnormal, beside ordinary rows.
+
+    Such rows take ``l = log σ``, ``t = s_y`` instead of ``log(σ / e_y)``; the
+    choice is the row's own, so a row gets the same bits alone and in any
+    block, and the values are the float64 ones.
+    """
+    scores, y, kw = _problem(12, 5, np.float32, opts=opts, seed=24)
+    rows = np.arange(12)
+    scores[3] = 16.0  # Σ_k exp(s_k) ≈ 4 e^16 > 2^24: shifted by 16,
+    scores[3, y[3]] = -80.0  # and then e_y = exp(−96) is subnormal
+    scores[5] = 0.0
+    scores[5, (y[5] + 1) % 5] = 16.0  # σ ≈ 8.9e6, in range: unshifted
+    scores[5, y[5]] = -87.0  # e_y ≈ 1.6e-38 is normal, σ / e_y overflows
+    scores[8, y[8]] = -100.0  # e_y = exp(-100): subnormal
+    expected = _same_everywhere(scores, y, [(1, 1), (2, 5), (1, 12)], block_rows=3, **kw)
+    ref_loss, ref_d = _float64(scores, y, **kw)
+    _close(expected[0], ref_loss, np.float32)
+    _close(expected[1], ref_d, np.float32)
+    for i in rows:  # each row alone: the same bits as in the batch
+        kw_i = dict(kw, reduction="none")
+        alone = _run(scores[i : i + 1], y[i : i + 1], num_threads=1, **kw_i)
+        batch = _run(scores, y, num_threads=1, block_rows=4, **kw_i)
+        _same_bits(alone[0], batch[0][i : i + 1])
+        _same_bits(alone[1], batch[1][i : i + 1])
+
+
+@pytest.mark.parametrize("opts", OPTIONS, ids=_ids)
 def test_one_block_of_a_task_redone(opts):
     """A task of many blocks in which one row needs a shift and others cannot have one.
 
@@ -583,7 +611,7 @@ def test_thread_count_setting(monkeypatch):
 @pytest.mark.parametrize(
     "c,opts,explicit,threads",
     [
-        (10, {}, None, 2),  # short rows: two threads' blocks of 16384 rows fit the budget
+        (10, {}, None, 3),  # short rows: three threads' blocks of 12288+ rows fit the budget
         (10, {"weight": True, "ignore_index": 1, "label_smoothing": 0.1}, None, 1),
         (10, {}, 4, 4),  # asked for: four threads, shorter blocks, the same budget
         (10, {}, "env", 4),
@@ -607,6 +635,7 @@ def test_threads_and_blocks_of_the_scratch_budget(monkeypatch, c, opts, explicit
         assert block == engine.BLOCK_BYTES // (c * 4)
     elif explicit is None:
         assert block >= engine.SHORT_ROWS_PER_THREAD
+        assert -(-n // block) % used == 0  # as many blocks for every thread
     else:
         assert block < engine.SHORT_ROWS_PER_THREAD  # what the budget leaves four threads
     # the budget: row vectors of every thread's block within ~9% of the gradient

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from ._backend import scalar_like
 from ._typing import Array, ArrayNamespace, DType
 
 __all__ = [
@@ -145,7 +146,7 @@ def row_loss(
     rows = coef.alpha * (l - t)
     if coef.beta is not None:
         rows = rows + coef.beta * (coef.wsum * l - u)
-    return xp.where(coef.valid, rows, xp.zeros_like(rows))
+    return xp.where(coef.valid, rows, scalar_like(xp, 0.0, rows))  # 0-d: no (N,) zeros
 
 
 def reduce_loss(xp: ArrayNamespace, coef: RowCoefficients, rows: Array, reduction: str) -> Array:

@@ -97,25 +97,26 @@ NUM_THREADS_ENV = "XSOFTMAX_NUM_THREADS"
 BLOCK_BYTES = 2 * 1024 * 1024
 
 #: Most rows per block and per task, and the fewest rows of a short-row block.
-MAX_BLOCK_ROWS = 16384
+MAX_BLOCK_ROWS = 32768
 MIN_BLOCK_ROWS = 256
 
 #: The scratch of all threads together (row vectors and block buffers) is
 #: at most this share of the gradient's bytes (or :data:`MIN_SCRATCH_BYTES`),
 #: so that the peak extra memory stays under 1.1x the gradient. It bounds
-#: the blocks of short rows, whose row vectors weigh as much as the rows:
-#: each row being worked on holds :data:`ROW_VECTOR_BYTES` (t, l, Σ_k e_ik,
-#: the target's index and exp, the row losses), 8 more with label smoothing
-#: (u) and :data:`COEFFICIENT_BYTES` more with per-row coefficients (class
-#: weights or ``ignore_index``: v, v·w_y, α, β, a, b, c, safe labels); the
-#: three were measured (23, 30 and 57 bytes a row in all) with tracemalloc.
-#: Short rows want the biggest blocks allowed: their NumPy calls are per row
-#: and short, and contend for the GIL (at C = 10, N = 262144, two threads of
-#: 16384 rows ran 1.25x faster than one and peaked at 1.08x the gradient;
-#: two of 10240 were no faster than one).
+#: the blocks of short rows, whose row vectors weigh half as much as the
+#: rows: each row being worked on holds :data:`ROW_VECTOR_BYTES` (σ, then l;
+#: e_y, then t; the target's index; c/σ; the row losses), 8 more with label
+#: smoothing (u) and :data:`COEFFICIENT_BYTES` more with per-row
+#: coefficients (class weights or ``ignore_index``: v, v·w_y, α, β, a, b, c,
+#: safe labels). Measured with tracemalloc at C = 10: 20, 27, 37 and (all
+#: three) 56 bytes a row. Short rows want the biggest blocks allowed: their
+#: NumPy calls are per row and short, and two threads mostly wait for each
+#: other's GIL between calls, so the fewer calls the better (at C = 10,
+#: N = 262144, two threads ran 5.7 ms in blocks of 16384 rows, 4.6 ms in
+#: blocks of 32768; two threads of 10240 were no faster than one).
 SCRATCH_SHARE = 0.09
 MIN_SCRATCH_BYTES = 128 * 1024
-ROW_VECTOR_BYTES = 24
+ROW_VECTOR_BYTES = 20
 COEFFICIENT_BYTES = 32
 #: What a thread holds besides its rows (NumPy's ufunc buffers, its scratch
 #: objects; 40-50 KB measured), and the call besides its threads.
@@ -303,15 +304,23 @@ def _useful_threads(
 def _default_block_rows(
     out: np.ndarray, cdt: np.dtype, threads: int, inp: LossInputs, direct: bool
 ) -> int:
-    """Rows per block: :data:`BLOCK_BYTES` of scores, within the scratch budget."""
+    """Rows per block: :data:`BLOCK_BYTES` of scores, within the scratch budget.
+
+    Short rows (one block per task) get blocks of equal length, the same
+    number for every thread: at C = 10 a block is a sizeable share of the
+    run, and 13 blocks on two threads would leave one thread a block longer.
+    """
     budget, per_thread, per_row = _scratch_budget(out, cdt, inp, direct)
     rows = int((budget - threads * per_thread) // (threads * per_row))
     row = out.shape[1] * cdt.itemsize
-    if out.shape[1] <= SMALL_C:
-        # At least a few hundred short rows (a few KB of row vectors): with many
-        # threads on a small batch the budget can be all but spent on the threads.
-        rows = max(rows, MIN_BLOCK_ROWS)
-    return max(1, min(MAX_BLOCK_ROWS, BLOCK_BYTES // row, rows))
+    if out.shape[1] > SMALL_C:
+        return max(1, min(MAX_BLOCK_ROWS, BLOCK_BYTES // row, rows))
+    # At least a few hundred short rows (a few KB of row vectors): with many
+    # threads on a small batch the budget can be all but spent on the threads.
+    rows = max(1, min(MAX_BLOCK_ROWS, BLOCK_BYTES // row, max(rows, MIN_BLOCK_ROWS)))
+    n = out.shape[0]
+    rounds = -(-n // (threads * rows))  # blocks per thread
+    return -(-n // (threads * rounds)) if n else rows
 
 
 def _same_view(a: np.ndarray, b: np.ndarray) -> bool:
@@ -452,8 +461,7 @@ def _task(p: _Problem, r0: int, r1: int, scratch: _Scratch) -> None:
     for rows in blocks:
         _block(p, r0, rows, coef, labels, se, ey, u, scratch)
     shift = _shift_rows(p, r0, blocks, coef, labels, se, ey, u, scratch)
-    l = np.empty(n, dtype=p.cdt)  # noqa: E741 (the l of the docstring)
-    t = _target_terms(p.scores[r0:r1], labels, se, ey, shift, p.weight, l, u)  # in ey
+    l, t = _target_terms(p.scores[r0:r1], labels, se, ey, shift, p.weight, u)  # noqa: E741
     losses = row_loss(np, coef, l, t, u)  # NumPy itself: fewer wrapper layers per block
     if p.row_losses is not None:
         p.row_losses[r0:r1] = losses
@@ -497,7 +505,8 @@ def _block(
         # u_i = Σ_k w_k (s_ik − s_{i,y_i}) = ln 2 · (Σ_k w_k z_ik − W z_{i,y_i}):
         # relative to the target logit, like the loss, so that C = 1 gives 0.
         u_block = _row_sum(z, u[rows], p.weight)
-        u_block -= np.take(flat, target, mode="clip") * coef.wsum
+        zy = np.take(flat, target, out=scratch.vec[:n], mode="clip")  # vec: free until step 4
+        u_block -= np.multiply(zy, coef.wsum, out=zy)
         u_block *= p.ln2
     np.exp2(z, out=z)
     _row_sum(z, se[rows])
@@ -597,7 +606,7 @@ def _to_float16(x: np.ndarray, out: np.ndarray) -> None:
     np.copyto(out.view(np.uint16), bits, casting="unsafe", where=small)
 
 
-def _target_terms(s, labels, se, ey, shift, weight, l, u) -> np.ndarray:  # noqa: E741
+def _target_terms(s, labels, se, ey, shift, weight, u) -> tuple[np.ndarray, np.ndarray]:
     """``l``, ``t`` (and ``u``) of a task's rows, relative to a per-row shift.
 
     ``se`` holds ``Σ_k e_ik`` and ``ey`` the target's ``e_{i,y_i}``, where
@@ -612,21 +621,25 @@ def _target_terms(s, labels, se, ey, shift, weight, l, u) -> np.ndarray:  # noqa
     ``t_i = s_{i,y_i} − m_i`` and ``u`` relative to ``m_i``
     (:func:`_exact_smoothing_sums`).
 
-    Returns ``t``, written over ``ey`` (short rows: one row vector less).
+    Returns ``(l, t)``, written over ``se`` and ``ey``: short rows hold
+    only two row vectors, so that their blocks may be longer.
     """
-    tiny = np.finfo(se.dtype).tiny
-    ratio = np.divide(se, ey, out=l)
-    # The usual case, every target normal, every ratio (and u) finite (False
-    # for NaN): t = 0, and the scores are not read again.
+    info = np.finfo(se.dtype)
+    # The usual case: every target normal and every ratio (and u) finite,
+    # known before dividing (max σ / min e_y < half the largest float; False
+    # for NaN). Then t = 0, and the scores are not read again. Each row gets
+    # the bits it would get below, where it is "normal".
+    smallest = np.minimum.reduce(ey)
     if (
-        np.minimum.reduce(ey) >= tiny
-        and np.maximum.reduce(ratio) < np.inf
+        smallest >= info.tiny
+        and float(np.maximum.reduce(se)) / float(info.max) < 0.5 * float(smallest)
         and (u is None or -np.inf < np.minimum.reduce(u) and np.maximum.reduce(u) < np.inf)
     ):
-        np.log(ratio, out=l)
+        np.divide(se, ey, out=se)
         ey[...] = 0
-        return ey
-    normal = ey >= tiny  # False for 0 and NaN
+        return np.log(se, out=se), ey
+    ratio = np.divide(se, ey)
+    normal = ey >= info.tiny  # False for 0 and NaN
     normal &= ratio < np.inf  # a far-off target overflows the ratio: the other formula
     t = ey
     t[...] = s[np.arange(len(t)), labels]  # s_{i,y_i}, for now
@@ -634,10 +647,10 @@ def _target_terms(s, labels, se, ey, shift, weight, l, u) -> np.ndarray:  # noqa
         _exact_smoothing_sums(s, weight, normal, t, shift, u)
     if shift is not None:
         t -= shift
-    np.log(ratio, out=ratio)
-    np.log(se, out=l, where=~normal)
+    l = np.log(se, out=se)  # noqa: E741
+    np.copyto(l, np.log(ratio, out=ratio), where=normal)
     t[normal] = 0
-    return t
+    return l, t
 
 
 def _exact_smoothing_sums(s, w, normal, sy, shift, u) -> None:
