@@ -511,8 +511,13 @@ def _block(
     np.exp2(z, out=z)
     _row_sum(z, se[rows])
     np.take(flat, target, out=ey[rows], mode="clip")  # in range ("raise" would buffer)
-    np.multiply(z, np.divide(coef.c[rows], se[rows], out=scratch.vec[:n])[:, None], out=z)
-    np.subtract.at(flat, target, coef.a[rows])  # one target per row: no index repeats
+    r = np.divide(coef.c[rows], se[rows], out=scratch.vec[:n])
+    np.multiply(z, r[:, None], out=z)
+    # d_{i,y_i} = e_{i,y_i} c_i / σ_i − a_i, the same product as the line above
+    # makes, then stored by index (np.subtract.at would hold the GIL).
+    dy = np.multiply(ey[rows], r, out=r)
+    dy -= coef.a[rows]
+    flat[target] = dy
     if coef.b is not None:
         if p.weight is None:
             np.subtract(z, coef.b[rows, None], out=z)
