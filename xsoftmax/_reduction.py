@@ -69,7 +69,7 @@ class RowCoefficients(NamedTuple):
     b: Array | None
     c: Array
     wsum: Array | float  # W = Σ_k w_k (C when unweighted)
-    valid: Array  # bool, row not ignored
+    valid: Array | None  # bool, row not ignored; None without ignore_index (every row counts)
 
 
 def label_weights(
@@ -133,7 +133,7 @@ def row_coefficients(
     a = alpha * scale
     b = beta * scale if beta is not None else None
     c = (alpha + beta * wsum) * scale if beta is not None else a
-    return RowCoefficients(alpha, beta, denom, a, b, c, wsum, valid)
+    return RowCoefficients(alpha, beta, denom, a, b, c, wsum, None if ignore_index is None else valid)
 
 
 def row_loss(
@@ -146,6 +146,8 @@ def row_loss(
     rows = coef.alpha * (l - t)
     if coef.beta is not None:
         rows = rows + coef.beta * (coef.wsum * l - u)
+    if coef.valid is None:
+        return rows
     return xp.where(coef.valid, rows, scalar_like(xp, 0.0, rows))  # 0-d: no (N,) zeros
 
 

@@ -371,10 +371,22 @@ class _ChunkSums:
         self.lock = threading.Lock()
 
     def add(self, r0: int, rows: np.ndarray) -> None:
-        """Row losses of rows ``r0 : r0 + len(rows)``."""
+        """Row losses of rows ``r0 : r0 + len(rows)``.
+
+        The full-length chunks inside are summed by one 2-D reduction (each
+        row of it summed as the 1-D chunk would be, bit for bit); the
+        chunks at either end may be cut, and are assembled first.
+        """
         r1 = r0 + len(rows)
-        for j in range(r0 // CHUNK_ROWS, (r1 - 1) // CHUNK_ROWS + 1):
-            c0, c1 = j * CHUNK_ROWS, min((j + 1) * CHUNK_ROWS, self.n)
+        k = CHUNK_ROWS
+        w0, w1 = -(-r0 // k), min(r1, self.n - self.n % k) // k  # full chunks w0:w1 inside
+        if w1 > w0:
+            inside = rows[w0 * k - r0 : w1 * k - r0].reshape(w1 - w0, k)
+            np.add.reduce(inside, axis=1, out=self.partial[w0:w1])
+        for j in range(r0 // k, (r1 - 1) // k + 1):
+            if w0 <= j < w1:
+                continue
+            c0, c1 = j * k, min((j + 1) * k, self.n)
             lo, hi = max(r0, c0), min(r1, c1)
             if lo == c0 and hi == c1:
                 self.partial[j] = np.add.reduce(rows[lo - r0 : hi - r0])
