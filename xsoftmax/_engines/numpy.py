@@ -493,7 +493,7 @@ def _block(
     scratch: _Scratch,
     shift: np.ndarray | None = None,
 ) -> None:
-    """Steps 1–3 and 6 of the module docstring for the task's rows ``rows``.
+    """Steps 1–4 of the module docstring for the task's rows ``rows``.
 
     ``coef``, ``labels``, ``se``, ``ey``, ``u`` and ``shift`` (None: all 0)
     cover the task (from row ``r0``); the block writes ``σ_i`` into ``se``,
