@@ -83,6 +83,12 @@ def test_out_of_range_label_mentions_ignore_index(xp):
         loss(xp, y=np.array([0, -100, -1, 2]), ignore_index=-100)
 
 
+def test_ignored_labels_outside_the_classes_pass(xp):
+    """Labels in range or equal to an out-of-range ``ignore_index`` (min/max leave [0, C))."""
+    loss(xp, y=np.array([0, -100, 2, 1]), ignore_index=-100)
+    loss(xp, y=np.array([0, 7, 2, 1]), ignore_index=7)
+
+
 def test_first_bad_row_is_reported(xp):
     with pytest.raises(ValueError, match=r"y\[1\] = 5 "):
         loss(xp, y=np.array([0, 5, 9, 2]))
