@@ -429,3 +429,28 @@ def test_outputs_share_device_and_namespace(xp):
             import array_api_compat
 
             assert array_api_compat.device(out) == array_api_compat.device(s)
+
+
+@pytest.mark.parametrize(
+    "kw", [{}, {"label_smoothing": 0.1, "ignore_index": 0, "reduction": "sum"}], ids=["plain", "options"]
+)
+def test_torch_autograd_through_the_loss_gives_dscores(kw):
+    """Torch tensors that require grad: the results belong to torch's graph (torch semantics).
+
+    ``loss.backward()`` then gives the gradient that ``dscores`` holds, and
+    the loss is ``F.cross_entropy``'s; under ``torch.no_grad()`` nothing is
+    recorded (docs/backends.md).
+    """
+    torch = pytest.importorskip("torch")
+    gen = torch.Generator().manual_seed(0)
+    s = torch.randn(7, 5, generator=gen, requires_grad=True)
+    y = torch.tensor([0, 1, 2, 3, 4, 0, 2])
+    w = torch.rand(5, generator=gen)
+    loss, d = xs.softmax_loss(s, y, weight=w, **kw)
+    (grad,) = torch.autograd.grad(loss, s)
+    torch.testing.assert_close(grad, d, rtol=1e-5, atol=1e-6)
+    expected = torch.nn.functional.cross_entropy(s, y, weight=w, **kw)
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        loss, d = xs.softmax_loss(s, y, weight=w, **kw)
+    assert loss.grad_fn is None and d.grad_fn is None and not d.requires_grad

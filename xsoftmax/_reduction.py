@@ -45,6 +45,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import numpy as np
+
 from ._backend import scalar_like
 from ._typing import Array, ArrayNamespace, DType
 
@@ -155,7 +157,9 @@ def reduce_loss(xp: ArrayNamespace, coef: RowCoefficients, rows: Array, reductio
     """Apply the reduction: ``Σ rows / D`` ("mean"), ``Σ rows`` ("sum"), ``rows``."""
     if reduction == "none":
         return rows
-    total = xp.asarray(xp.sum(rows))  # a 0-d array, not NumPy's scalar
+    total = xp.sum(rows)
+    if isinstance(total, np.generic):  # a 0-d array, not NumPy's scalar
+        total = xp.asarray(total)  # (only there: torch.asarray warns on a grad-tracking tensor)
     if reduction == "sum":
         return total
     return mean_of_total(xp, total, coef.denom)
