@@ -139,13 +139,15 @@ def row_coefficients(
 
 
 def row_loss(
-    xp: ArrayNamespace, coef: RowCoefficients, l: Array, t: Array, u: Array | None  # noqa: E741
+    xp: ArrayNamespace, coef: RowCoefficients, l: Array, t: Array | None, u: Array | None  # noqa: E741
 ) -> Array:
     """``α (l − t) + β (W l − u)``: the unnormalised loss of each row.
 
-    Ignored rows are exactly 0 (not ``0 · inf``) whatever their logits.
+    ``t`` None: every ``t_i`` is 0 (the NumPy engine shifts rows by their
+    target logit). Ignored rows are exactly 0 (not ``0 · inf``) whatever
+    their logits.
     """
-    rows = coef.alpha * (l - t)
+    rows = coef.alpha * (l if t is None else l - t)
     if coef.beta is not None:
         rows = rows + coef.beta * (coef.wsum * l - u)
     if coef.valid is None:

@@ -623,7 +623,7 @@ def _to_float16(x: np.ndarray, out: np.ndarray) -> None:
     np.copyto(out.view(np.uint16), bits, casting="unsafe", where=small)
 
 
-def _target_terms(s, labels, se, ey, shift, weight, u) -> tuple[np.ndarray, np.ndarray]:
+def _target_terms(s, labels, se, ey, shift, weight, u) -> tuple[np.ndarray, np.ndarray | None]:
     """``l``, ``t`` (and ``u``) of a task's rows, relative to a per-row shift.
 
     ``se`` holds ``Σ_k e_ik`` and ``ey`` the target's ``e_{i,y_i}``, where
@@ -638,14 +638,15 @@ def _target_terms(s, labels, se, ey, shift, weight, u) -> tuple[np.ndarray, np.n
     ``t_i = s_{i,y_i} − m_i`` and ``u`` relative to ``m_i``
     (:func:`_exact_smoothing_sums`).
 
-    Returns ``(l, t)``, written over ``se`` and ``ey``: short rows hold
-    only two row vectors, so that their blocks may be longer.
+    Returns ``(l, t)``, written over ``se`` and ``ey`` (short rows hold only
+    two row vectors, so that their blocks may be longer); ``t`` is None
+    when it is 0 for every row.
     """
     info = np.finfo(se.dtype)
     # The usual case: every target normal and every ratio (and u) finite,
     # known before dividing (max σ / min e_y < half the largest float; False
     # for NaN). Then t = 0, and the scores are not read again. Each row gets
-    # the bits it would get below, where it is "normal".
+    # the bits it would get below, where it is "normal" (l − 0 is l).
     smallest = np.minimum.reduce(ey)
     if (
         smallest >= info.tiny
@@ -653,8 +654,7 @@ def _target_terms(s, labels, se, ey, shift, weight, u) -> tuple[np.ndarray, np.n
         and (u is None or -np.inf < np.minimum.reduce(u) and np.maximum.reduce(u) < np.inf)
     ):
         np.divide(se, ey, out=se)
-        ey[...] = 0
-        return np.log(se, out=se), ey
+        return np.log(se, out=se), None
     ratio = np.divide(se, ey)
     normal = ey >= info.tiny  # False for 0 and NaN
     normal &= ratio < np.inf  # a far-off target overflows the ratio: the other formula
