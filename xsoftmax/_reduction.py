@@ -135,11 +135,16 @@ def row_coefficients(
     a = alpha * scale
     b = beta * scale if beta is not None else None
     c = (alpha + beta * wsum) * scale if beta is not None else a
-    return RowCoefficients(alpha, beta, denom, a, b, c, wsum, None if ignore_index is None else valid)
+    valid_or_none = None if ignore_index is None else valid
+    return RowCoefficients(alpha, beta, denom, a, b, c, wsum, valid_or_none)
 
 
 def row_loss(
-    xp: ArrayNamespace, coef: RowCoefficients, l: Array, t: Array | None, u: Array | None  # noqa: E741
+    xp: ArrayNamespace,
+    coef: RowCoefficients,
+    l: Array,  # noqa: E741
+    t: Array | None,
+    u: Array | None,
 ) -> Array:
     """``α (l − t) + β (W l − u)``: the unnormalised loss of each row.
 
