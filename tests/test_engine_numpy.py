@@ -642,6 +642,29 @@ def test_threads_and_blocks_of_the_scratch_budget(monkeypatch, c, opts, explicit
     assert used * block * engine.ROW_VECTOR_BYTES <= engine.SCRATCH_SHARE * scores.nbytes
 
 
+@pytest.mark.parametrize("n,whole_chunks", [(262144, True), (180000, False)])
+def test_short_row_blocks_of_whole_loss_chunks(monkeypatch, n, whole_chunks):
+    """Two threads at C = 10: blocks of whole loss chunks when they hold four or more.
+
+    Otherwise (a smaller batch, a smaller budget) blocks of equal rows; both
+    an equal number for each thread, within the scratch budget.
+    """
+    monkeypatch.delenv(engine.NUM_THREADS_ENV, raising=False)
+    monkeypatch.setattr(engine, "default_num_threads", lambda: 2)
+    seen = []
+    monkeypatch.setattr(engine, "_run_blocks", lambda p, t: seen.append((t, p.block_rows)))
+    scores, y, kw = _problem(n, 10)
+    _run(scores, y, **kw)
+    [(used, block)] = seen
+    assert used == 2
+    assert (block % engine.CHUNK_ROWS == 0) == whole_chunks
+    if whole_chunks:
+        assert block >= 4 * engine.CHUNK_ROWS
+    else:
+        assert -(-n // block) % used == 0  # as many blocks for each thread
+    assert used * block * engine.ROW_VECTOR_BYTES <= engine.SCRATCH_SHARE * scores.nbytes
+
+
 @settings(max_examples=60, deadline=None)
 @given(
     n=st.integers(1, 40),
