@@ -512,6 +512,37 @@ def test_out_buffer_and_in_place(c, dtype):
     _same_bits(public, d)
 
 
+@pytest.mark.parametrize("opts", OPTIONS, ids=_ids)
+@pytest.mark.parametrize("c", [5, 300])
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_in_place_with_rows_the_task_reads_again(c, dtype, opts):
+    """``out=scores`` where a task reads its scores after its blocks.
+
+    Rows that need a shift (σ out of range) and targets far below the row
+    maximum (the ``log σ − s_y`` formula, smoothing sums from the scores):
+    their blocks must not be stored over the scores before that, or the
+    gradient is NaN and the loss silently wrong. The same bits as a
+    separate output, for every thread count and block size.
+    """
+    scores, y, kw = _problem(24, c, dtype, opts=opts, seed=25)
+    rows = np.arange(24)
+    scores[::4] += dtype(60.0)  # σ overflows unshifted: shifted
+    scores[1::6] -= dtype(200.0)  # σ underflows: shifted
+    far = rows[2::5]
+    scores[far] = 0
+    scores[far, (y[far] + 1) % c] = 8.0
+    scores[far, y[far]] = -60.0 if dtype == np.float16 else -95.0  # e_y subnormal (or 0)
+    expected = _run(scores, y, num_threads=1, block_rows=24, **kw)
+    ref_loss, ref_d = _float64(scores, y, **kw)
+    _close(expected[0], ref_loss, dtype)
+    _close(expected[1], ref_d, dtype)
+    for threads, block in [(1, 24), (2, 1), (3, 5), (2, None)]:
+        in_place = scores.copy()
+        loss, d = _run(in_place, y, out=in_place, num_threads=threads, block_rows=block, **kw)
+        assert d is in_place
+        _same_results((loss, d), expected)
+
+
 @pytest.mark.parametrize("c", [6, 90])
 def test_out_non_contiguous_and_overlapping(c):
     scores, y, kw = _problem(16, c, seed=11)

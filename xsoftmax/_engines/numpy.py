@@ -176,6 +176,7 @@ class _Problem(NamedTuple):
     sums: _ChunkSums | None  # the row losses' sum otherwise
     cdt: np.dtype  # compute dtype
     direct: bool  # compute in `out` itself
+    in_place: bool  # `out` is the scores: a task stores its block once done reading them
     block_rows: int
     shared: RowCoefficients | None  # every row's coefficients, when all rows share them
     log2e: np.floating  # log2(e) and ln(2) in the compute dtype
@@ -216,8 +217,9 @@ def softmax_loss(
     y = np.asarray(inp.y)
     # A copy, also when the dtype matches: `out` may alias the caller's weights.
     weight = None if inp.weight is None else np.array(inp.weight, dtype=cdt)
-    # Compute in `out` itself, unless it is the scores (whose rows are read
-    # again when one needs a shift) or not a C-contiguous compute-dtype array.
+    # Compute in `out` itself, unless it is the scores (whose rows a task
+    # reads again after its blocks, for shifts and far-off targets) or not a
+    # C-contiguous compute-dtype array.
     in_place = _same_view(out, scores)
     direct = out.dtype == cdt and out.flags.c_contiguous and not in_place
     uniform = weight is None and inp.ignore_index is None  # every row counts 1
@@ -246,6 +248,7 @@ def softmax_loss(
         sums=None if inp.reduction == "none" else _ChunkSums(n, cdt),
         cdt=cdt,
         direct=direct,
+        in_place=in_place,
         block_rows=block_rows,
         shared=shared,
         log2e=cdt.type(1 / math.log(2)),
@@ -311,7 +314,9 @@ def _default_block_rows(
     cuts a chunk hands its part over to be assembled, which at C = 10 cost
     more than the rows it saved (two threads, N = 262144: 4.5 ms in blocks
     of 20480 rows, 4.9 ms in blocks of 18725). Blocks are as equal as whole
-    chunks (or rows) allow, the same number for every thread.
+    chunks (or rows) allow: as many per thread as rows allow, within one
+    block when they are whole chunks (13 of 20480 rows for two threads at
+    N = 262144).
     """
     budget, per_thread, per_row = _scratch_budget(out, cdt, inp, direct)
     rows = int((budget - threads * per_thread) // (threads * per_row))
@@ -480,6 +485,8 @@ def _task(p: _Problem, r0: int, r1: int, scratch: _Scratch) -> None:
         _block(p, r0, rows, coef, labels, se, ey, u, scratch)
     shift = _shift_rows(p, r0, blocks, coef, labels, se, ey, u, scratch)
     l, t = _target_terms(p.scores[r0:r1], labels, se, ey, shift, p.weight, u)  # noqa: E741
+    if p.in_place:  # one block, computed in scratch: the scores are read no more
+        _store(scratch.work[:n], p.out[r0:r1])
     losses = row_loss(np, coef, l, t, u)  # NumPy itself: fewer wrapper layers per block
     if p.row_losses is not None:
         p.row_losses[r0:r1] = losses
@@ -544,7 +551,7 @@ def _block(
             for i in range(0, n, k):
                 bw = np.multiply(b[i : i + k, None], p.weight, out=scratch.outer[: n - i])
                 np.subtract(z[i : i + k], bw, out=z[i : i + k])
-    if not p.direct:
+    if not (p.direct or p.in_place):  # (in place, the task stores the block)
         _store(z, p.out[start:stop])
 
 
@@ -768,8 +775,10 @@ def _run_blocks(p: _Problem, threads: int) -> None:
     n = p.out.shape[0]
     # Short rows: one block per task, so that each thread holds the row
     # vectors of one block only (with several blocks per task, two threads at
-    # C = 10 peaked at 1.13x the gradient instead of 1.08x).
-    step = p.block_rows if p.out.shape[1] <= SMALL_C else _task_rows(n, p.block_rows, threads)
+    # C = 10 peaked at 1.13x the gradient instead of 1.08x). In place too:
+    # a task keeps its block in scratch until it has read its scores.
+    one_block = p.out.shape[1] <= SMALL_C or p.in_place
+    step = p.block_rows if one_block else _task_rows(n, p.block_rows, threads)
     starts = range(0, n, step)
     threads = min(threads, len(starts))
     tasks: Iterator[int] = iter(starts)
