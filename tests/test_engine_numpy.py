@@ -763,10 +763,11 @@ def test_hypothesis_adversarial_rows(n, c, offsets, masked, opts, threads, block
         (262144, 10, {}),
         (262144, 10, {"weight": True, "ignore_index": 3, "label_smoothing": 0.1}),
         (262144, 10, {"reduction": "none"}),
+        (262144, 49, {"weight": True, "ignore_index": 3, "label_smoothing": 0.1}),
         (4096, 1000, {"label_smoothing": 0.1}),
         (64, 100_000, {}),
     ],
-    ids=["C=10", "C=10-all-options", "C=10-none", "C=1000", "C=100000"],
+    ids=["C=10", "C=10-all-options", "C=10-none", "C=49-all-options", "C=1000", "C=100000"],
 )
 def test_peak_memory_near_the_gradient(n, c, opts, threads, dtype):
     """Peak extra memory (tracemalloc) at most 1.1x the gradient (besides the loss itself).

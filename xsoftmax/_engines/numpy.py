@@ -178,6 +178,7 @@ class _Problem(NamedTuple):
     direct: bool  # compute in `out` itself
     in_place: bool  # `out` is the scores: a task stores its block once done reading them
     block_rows: int
+    task_rows: int
     shared: RowCoefficients | None  # every row's coefficients, when all rows share them
     log2e: np.floating  # log2(e) and ln(2) in the compute dtype
     ln2: np.floating
@@ -250,6 +251,7 @@ def softmax_loss(
         direct=direct,
         in_place=in_place,
         block_rows=block_rows,
+        task_rows=_task_rows(out, cdt, threads, inp, direct, in_place, block_rows),
         shared=shared,
         log2e=cdt.type(1 / math.log(2)),
         ln2=cdt.type(math.log(2)),
@@ -763,22 +765,40 @@ def _executor(workers: int) -> ThreadPoolExecutor:
         return _pool
 
 
-def _task_rows(n: int, block_rows: int, threads: int) -> int:
-    """Rows per task: whole blocks, at most ~MAX_BLOCK_ROWS, and 4+ tasks per thread."""
-    per_thread = -(-n // (4 * threads))
-    blocks = max(1, min(per_thread, MAX_BLOCK_ROWS) // block_rows)
-    return blocks * block_rows
+def _task_rows(
+    out: np.ndarray,
+    cdt: np.dtype,
+    threads: int,
+    inp: LossInputs,
+    direct: bool,
+    in_place: bool,
+    block_rows: int,
+) -> int:
+    """Rows per task: whole blocks, 4+ tasks per thread, at most ~MAX_BLOCK_ROWS.
+
+    A task's row vectors, besides each thread's scratch block, stay within
+    the scratch budget (:func:`_scratch_budget`): float16 at C = 49, with
+    every option, peaked at 1.19x the gradient without that bound. Short
+    rows take one block per task, so that each thread holds the row vectors
+    of one block only (with several blocks per task, two threads at C = 10
+    peaked at 1.13x the gradient instead of 1.08x); so does ``out=scores``,
+    whose task keeps its block in scratch until it has read its scores.
+    """
+    n, c = out.shape
+    if c <= SMALL_C or in_place:
+        return block_rows
+    budget, per_thread, per_row = _scratch_budget(out, cdt, inp, direct)
+    block = 0 if direct else block_rows * c * cdt.itemsize  # a thread's scratch block
+    vectors = per_row - (0 if direct else c * cdt.itemsize)  # a row's vectors alone
+    room = int((budget - threads * (per_thread + block)) // (threads * vectors))
+    rows = min(-(-n // (4 * threads)), MAX_BLOCK_ROWS, room)
+    return max(1, rows // block_rows) * block_rows
 
 
 def _run_blocks(p: _Problem, threads: int) -> None:
     """Run :func:`_task` over all rows on up to ``threads`` threads, the caller's included."""
     n = p.out.shape[0]
-    # Short rows: one block per task, so that each thread holds the row
-    # vectors of one block only (with several blocks per task, two threads at
-    # C = 10 peaked at 1.13x the gradient instead of 1.08x). In place too:
-    # a task keeps its block in scratch until it has read its scores.
-    one_block = p.out.shape[1] <= SMALL_C or p.in_place
-    step = p.block_rows if one_block else _task_rows(n, p.block_rows, threads)
+    step = p.task_rows
     starts = range(0, n, step)
     threads = min(threads, len(starts))
     tasks: Iterator[int] = iter(starts)
