@@ -274,6 +274,16 @@ def test_label_dtypes(xp):
     assert_close(d, ref_d, xp)
 
 
+@pytest.mark.parametrize("dt,c", [("uint8", 256), ("int8", 128)])
+def test_narrow_labels_up_to_the_last_class(xp, dt, c):
+    """The largest label a dtype holds is a valid class when C = that label + 1 (no wrap of C)."""
+    scores, _ = make_problem(np.random.default_rng(12), 3, c)
+    y = np.array([c - 1, 0, c - 2])
+    _, ref_d = ref_softmax_loss(scores, y)
+    _, d = xs.softmax_loss(on(xp, scores), on(xp, y, dt))
+    assert_close(d, ref_d, xp)
+
+
 @pytest.mark.parametrize("engine", ["auto", "reference"])
 def test_engines_agree(xp, engine):
     scores, y = make_problem(np.random.default_rng(11), 12, 6)

@@ -54,7 +54,9 @@ def _wide_labels(xp: ArrayNamespace, y: Array, num_classes: int, ignore_index: i
     if not _known(num_classes):
         return y
     info = xp.iinfo(y.dtype)
-    extremes = [num_classes - 1] + ([] if ignore_index is None else [ignore_index])
+    # C itself, not C − 1: the range check compares labels with C (uint8
+    # labels with C = 256 would compare with 256 wrapped to 0).
+    extremes = [num_classes] + ([] if ignore_index is None else [ignore_index])
     if all(info.min <= v <= info.max for v in extremes):
         return y
     i32 = xp.iinfo(xp.int32)
