@@ -328,8 +328,9 @@ def test_numpy_floor_bare_pass_is_the_softmax_loss(block_rows, threads):
     np.testing.assert_allclose(d, ref_d, rtol=1e-5, atol=1e-7)
 
 
-def test_numpy_floor_prints_engine_and_bare_ratios(capsys):
+def test_numpy_floor_prints_engine_and_bare_ratios(capsys, monkeypatch):
     floor = _load_numpy_floor()
+    monkeypatch.delenv(floor.NUM_THREADS_ENV, raising=False)  # main() sets it: restored after
     floor.main(["--shape", "64x10", "--block-rows", "8,64", "--threads", "2", "--repeat", "2"])
     out = capsys.readouterr().out
     assert "64x10 float32, 2 threads" in out

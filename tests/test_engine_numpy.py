@@ -261,10 +261,10 @@ def test_targets_far_below_the_row(opts):
     ref_loss, ref_d = _float64(scores, y, **kw)
     _close(expected[0], ref_loss, np.float32)
     _close(expected[1], ref_d, np.float32)
+    kw_i = dict(kw, reduction="none")
+    batch = _run(scores, y, num_threads=1, block_rows=4, **kw_i)
     for i in rows:  # each row alone: the same bits as in the batch
-        kw_i = dict(kw, reduction="none")
         alone = _run(scores[i : i + 1], y[i : i + 1], num_threads=1, **kw_i)
-        batch = _run(scores, y, num_threads=1, block_rows=4, **kw_i)
         _same_bits(alone[0], batch[0][i : i + 1])
         _same_bits(alone[1], batch[1][i : i + 1])
 

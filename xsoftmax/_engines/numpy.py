@@ -396,9 +396,9 @@ class _ChunkSums:
         if w1 > w0:
             inside = rows[w0 * k - r0 : w1 * k - r0].reshape(w1 - w0, k)
             np.add.reduce(inside, axis=1, out=self.partial[w0:w1])
-        for j in range(r0 // k, (r1 - 1) // k + 1):
-            if w0 <= j < w1:
-                continue
+        # What is left is at the ends: chunks cut by r0 or r1, and the batch's
+        # short last chunk.
+        for j in sorted({r0 // k, (r1 - 1) // k} - set(range(w0, w1))):
             c0, c1 = j * k, min((j + 1) * k, self.n)
             lo, hi = max(r0, c0), min(r1, c1)
             if lo == c0 and hi == c1:
