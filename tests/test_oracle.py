@@ -188,6 +188,8 @@ def test_minus_inf_masks_with_smoothing_or_probabilities_follow_torch():
     loss, grad = assert_same(s, np.array([0, 2]), label_smoothing=0.3)
     assert loss == np.inf and np.all(np.isfinite(grad))
     np.testing.assert_allclose(grad[0, 1], -0.3 / 3 / 2)
+    loss, grad = assert_same(s, np.array([0, 2]), label_smoothing=0.3, weight=np.array([1.0, 0.0, 1.0]))
+    assert np.isnan(loss) and np.all(np.isfinite(grad))  # w_k = 0 at the mask: 0 · inf
     q = np.array([[0.4, 0.0, 0.6], [0.2, 0.2, 0.6]])
     loss, grad = assert_same(s, q)
     assert np.isnan(loss) and np.all(np.isfinite(grad)) and grad[0, 1] == 0.0
