@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 import xsoftmax as xs
-from xsoftmax import _timing, bench
+from xsoftmax._cli import bench, timing as _timing
 from xsoftmax._backend import BACKENDS
 
 

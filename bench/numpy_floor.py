@@ -9,7 +9,7 @@ overflow (standard-normal logits)::
     loss += Σ_i log(σ_i / e_y);  d = e · (1/N)/σ;  d[i, y_i] = e_y (1/N)/σ − 1/N
 
 and prints the time as a ratio to a plain copy of the same bytes
-(:func:`xsoftmax._timing.copy_floor`), next to the NumPy engine's own time
+(:func:`xsoftmax._cli.timing.copy_floor`), next to the NumPy engine's own time
 and the row vectors that block size holds (``σ``, ``e_y``, the target's
 flat index, the ratio ``σ / e_y``: 20 bytes a row and thread, as the
 engine's).
@@ -31,9 +31,9 @@ import threading
 import numpy as np
 
 import xsoftmax as xs
-from xsoftmax import _timing
+from xsoftmax._cli import timing as _timing
 from xsoftmax._engines.numpy import NUM_THREADS_ENV
-from xsoftmax.bench import parse_shape
+from xsoftmax._cli.bench import parse_shape
 
 ROW_VECTOR_BYTES = 20  # σ, e_y, the target's flat index (8), σ / e_y
 

@@ -16,7 +16,7 @@ import pytest
 from _suite import DTYPES, MEASURED, _env, record, shape_id
 
 import xsoftmax as xs
-from xsoftmax.bench import parse_shape
+from xsoftmax._cli.bench import parse_shape
 
 
 def _layer_shapes(text: str) -> list[tuple[int, ...]]:

@@ -11,7 +11,7 @@ import pytest
 
 import xsoftmax._softmax as softmax_module
 from xsoftmax._engines import FUSED
-from xsoftmax.check import (
+from xsoftmax._cli.check import (
     IGNORE,
     compare,
     engines_for,
@@ -20,7 +20,7 @@ from xsoftmax.check import (
     oracle_logsumexp,
     oracle_softmax_loss,
 )
-from xsoftmax.cli import main
+from xsoftmax._cli import main
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])

@@ -16,7 +16,7 @@ distributed = pytest.importorskip("distributed")
 
 import xsoftmax as xs  # noqa: E402
 from _helpers import graph_size, no_compute  # noqa: E402
-from xsoftmax.bench import gather_blocks  # noqa: E402
+from xsoftmax._cli.bench import gather_blocks  # noqa: E402
 
 pytestmark = pytest.mark.distributed
 

@@ -14,7 +14,7 @@ loss) × shape × dtype, one row reports
   workers). The copy moves exactly the bytes a pass must move, so 1.0 is the
   memory floor and 3.0 means "three copies' worth of time";
 * ``max_abs_err``: the largest difference of the loss and of the gradient
-  from a float64 NumPy oracle (:func:`xsoftmax.check.oracle_softmax_loss`);
+  from a float64 NumPy oracle (:func:`xsoftmax._cli.check.oracle_softmax_loss`);
 * ``peak_bytes``: peak extra memory of one call (tracemalloc on the host,
   the CuPy pool on the GPU; ``null`` where neither sees the allocations:
   torch, JAX, the Dask workers).
@@ -26,7 +26,7 @@ allocation (on the host, the kernel zeroing the new output's pages).
 
 The same :func:`make_case`, :func:`make_peer` and :func:`floor` drive the
 ``bench/`` pytest-benchmark suite, and all timing lives in
-:mod:`xsoftmax._timing`.
+:mod:`xsoftmax._cli.timing`.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _plotting, _timing
+from . import plotting, timing
 
 __all__ = [
     "DEFAULT_SHAPES",
@@ -125,7 +125,7 @@ class Case:
     def peak_bytes(self) -> int | None:
         if self.device == "cpu" and not self.host_traced:
             return None
-        return _timing.peak_bytes(self.fn, device=self.device)
+        return timing.peak_bytes(self.fn, device=self.device)
 
 
 def host_inputs(shape: tuple[int, int], dtype: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -185,7 +185,7 @@ def _dask_case(engine: str, shape: tuple[int, int], dtype: str, *, seed: int, cl
     import xsoftmax as xs
 
     if client is None:
-        raise ValueError("dask rows need a distributed client: use xsoftmax.bench.dask_client()")
+        raise ValueError("dask rows need a distributed client: use xsoftmax._cli.bench.dask_client()")
     s, y = _dask_inputs(shape, dtype, seed, client)
 
     def fn() -> tuple[Any, Any]:
@@ -322,10 +322,10 @@ def dask_client(n_workers: int = DASK_WORKERS) -> Iterator[Any]:
 
 def floor(
     device: str, shape: tuple[int, int], dtype: str, *, repeat: int, client: Any = None
-) -> _timing.Timing:
-    """The copy floor of ``N×C`` values of ``dtype`` on ``device`` (see :mod:`xsoftmax._timing`)."""
+) -> timing.Timing:
+    """The copy floor of ``N×C`` values of ``dtype`` on ``device`` (see :mod:`xsoftmax._cli.timing`)."""
     if device != "dask":
-        return _timing.copy_floor(device, shape, dtype, repeat=repeat)
+        return timing.copy_floor(device, shape, dtype, repeat=repeat)
     from distributed import wait
 
     s, _ = _dask_inputs(shape, dtype, 0, client)
@@ -335,7 +335,7 @@ def floor(
         # like the gradient is: the floor includes the scheduler's overhead.
         wait(client.persist(_fresh(s).map_blocks(np.copy, dtype=s.dtype)))
 
-    return _timing.copy_floor("dask", shape, dtype, repeat=repeat, copy=copy)
+    return timing.copy_floor("dask", shape, dtype, repeat=repeat, copy=copy)
 
 
 def max_abs_err(case: Case, result: tuple[np.ndarray, np.ndarray], *, block: int = 1 << 20) -> float:
@@ -381,14 +381,14 @@ class Row:
     peak_bytes: int | None
 
 
-def measure_case(case: Case, shape: tuple[int, int], dtype: str, floor_timing: _timing.Timing,
+def measure_case(case: Case, shape: tuple[int, int], dtype: str, floor_timing: timing.Timing,
                  *, repeat: int) -> Row:
     """Warm-up (its result gives the error), timed repeats, then one traced call for the peak."""
     result = case.result()
     err = max_abs_err(case, result)
     del result
-    timing = _timing.measure(case.fn, repeat=repeat, device=case.device, warmup=0)
-    nbytes = _timing.pass_bytes(shape, np.dtype(dtype).itemsize)
+    timed = timing.measure(case.fn, repeat=repeat, device=case.device, warmup=0)
+    nbytes = timing.pass_bytes(shape, np.dtype(dtype).itemsize)
     return Row(
         backend=case.backend,
         engine=case.engine,
@@ -396,14 +396,14 @@ def measure_case(case: Case, shape: tuple[int, int], dtype: str, floor_timing: _
         shape=f"{shape[0]}x{shape[1]}",
         dtype=dtype,
         device=case.device,
-        median_ms=timing.median * 1e3,
-        spread_ms=timing.spread * 1e3,
-        min_ms=timing.min * 1e3,
+        median_ms=timed.median * 1e3,
+        spread_ms=timed.spread * 1e3,
+        min_ms=timed.min * 1e3,
         repeat=repeat,
-        gbps=_timing.bandwidth_gbps(nbytes, timing.median),
+        gbps=timing.bandwidth_gbps(nbytes, timed.median),
         floor_ms=floor_timing.median * 1e3,
-        floor_gbps=_timing.bandwidth_gbps(nbytes, floor_timing.median),
-        floor_ratio=_timing.floor_ratio(nbytes, timing.median, nbytes, floor_timing.median),
+        floor_gbps=timing.bandwidth_gbps(nbytes, floor_timing.median),
+        floor_ratio=timing.floor_ratio(nbytes, timed.median, nbytes, floor_timing.median),
         max_abs_err=err,
         peak_bytes=case.peak_bytes(),
     )
@@ -492,7 +492,7 @@ def _names(choices: tuple[str, ...]) -> Callable[[str], list[str]]:
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    from ._backend import BACKENDS
+    from .._backend import BACKENDS
 
     shapes = ",".join(f"{n}x{c}" for n, c in DEFAULT_SHAPES)
     parser.add_argument("--backends", type=_names(BACKENDS),
@@ -535,7 +535,7 @@ def plan(
     ``peers=None`` means every installed peer then, none when ``backends`` is
     given. Shared by the CLI and the ``bench/`` suite.
     """
-    from ._backend import BACKENDS
+    from .._backend import BACKENDS
     from .check import engines_for
 
     skipped = []
@@ -572,7 +572,7 @@ def run(args: argparse.Namespace) -> int:
     if args.repeat < 1:
         print("xsoftmax bench: --repeat must be at least 1", file=sys.stderr)
         return 2
-    if args.plot and (problem := _plotting.missing("bench")):
+    if args.plot and (problem := plotting.missing("bench")):
         print(problem, file=sys.stderr)  # before a minute of measuring, not after
         return 2
 
@@ -586,7 +586,7 @@ def run(args: argparse.Namespace) -> int:
     units = [(shape, dtype, item) for shape in args.shapes for dtype in args.dtype
              for item in [*pairs, *((None, p) for p in peers)]]
     rows: list[Row] = []
-    floors: dict[tuple[str, tuple[int, int], str], _timing.Timing] = {}
+    floors: dict[tuple[str, tuple[int, int], str], timing.Timing] = {}
     with contextlib.ExitStack() as stack:
         client = None
         if any(b == "dask" for b, _ in pairs):
@@ -619,7 +619,7 @@ def run(args: argparse.Namespace) -> int:
             "floors": [
                 {"device": d, "shape": f"{s[0]}x{s[1]}", "dtype": t, "median_ms": f.median * 1e3,
                  "spread_ms": f.spread * 1e3,
-                 "gbps": _timing.bandwidth_gbps(_timing.pass_bytes(s, np.dtype(t).itemsize), f.median)}
+                 "gbps": timing.bandwidth_gbps(timing.pass_bytes(s, np.dtype(t).itemsize), f.median)}
                 for (d, s, t), f in floors.items()
             ],
             "skipped": skipped,
@@ -634,7 +634,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _measure_unit(backend: str | None, name: str, shape: tuple[int, int], dtype: str,
-                  floors: dict[tuple[str, tuple[int, int], str], _timing.Timing], *,
+                  floors: dict[tuple[str, tuple[int, int], str], timing.Timing], *,
                   args: argparse.Namespace, client: Any) -> Row:
     """One row; its input buffers are freed on return, before the next row allocates."""
     if backend is None:
@@ -684,7 +684,7 @@ def print_table(rows: list[Row], floors: dict, skipped: list[str], elapsed: floa
         print(fmt(r))
     print()
     for (device, shape, dtype), t in floors.items():
-        gbps = _timing.bandwidth_gbps(_timing.pass_bytes(shape, np.dtype(dtype).itemsize), t.median)
+        gbps = timing.bandwidth_gbps(timing.pass_bytes(shape, np.dtype(dtype).itemsize), t.median)
         print(f"copy floor {device:<4} {shape[0]}x{shape[1]} {dtype}: {t.median * 1e3:.2f} ms ({gbps:.1f} GB/s)")
     for line in skipped:
         print(f"skipped {line}")
@@ -699,7 +699,7 @@ def plot(rows: list[Row], path: str) -> None:
     and ratios read as equal distances. Copy floors are black, one line style
     per device.
     """
-    plt = _plotting.pyplot()
+    plt = plotting.pyplot()
     several_dtypes = len({r.dtype for r in rows}) > 1
     series: dict[str, list[tuple[int, float, float]]] = {}
     floors: dict[tuple[str, str], set[tuple[int, float]]] = {}

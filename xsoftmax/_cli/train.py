@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _plotting
+from . import plotting
 
 __all__ = ["DEFAULTS", "configure", "run"]
 
@@ -35,7 +35,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    from .train import UPDATE_RULES
+    from ..train import UPDATE_RULES
 
     def table(key: str) -> str:
         return ", ".join(f"{name}: {d[key]}" for name, d in DEFAULTS.items())
@@ -67,7 +67,7 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _plot(path: str, solver: Any, data: Any, title: str) -> None:
-    plt = _plotting.pyplot()
+    plt = plotting.pyplot()
 
     import xsoftmax as xs
 
@@ -98,9 +98,9 @@ def _plot(path: str, solver: Any, data: Any, title: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from . import datasets, nets, train
+    from .. import datasets, nets, train
 
-    if args.plot and (problem := _plotting.missing("train")):
+    if args.plot and (problem := plotting.missing("train")):
         print(problem, file=sys.stderr)  # before training, not after
         return 2
     s = _settings(args)

@@ -223,7 +223,7 @@ class Tally:
 
 def engines_for(backend: str) -> list[str]:
     """``reference`` always, ``fused`` where the backend has a fused engine."""
-    from ._engines import FUSED
+    from .._engines import FUSED
 
     return ["reference"] + (["fused"] if backend in FUSED else [])
 
@@ -255,7 +255,7 @@ def _run_checks(
     """
     import xsoftmax as xs
 
-    from ._backend import array_namespace, backend_name
+    from .._backend import array_namespace, backend_name
 
     for case, dtype, compute, expected in checks:
         try:
@@ -420,7 +420,7 @@ def _enable_jax_float64() -> None:
 
 def run(args: argparse.Namespace) -> int:
     import xsoftmax as xs
-    from ._backend import BACKENDS
+    from .._backend import BACKENDS
 
     status = xs.available_backends()
     wanted = _split(args.backends)
