@@ -11,8 +11,10 @@ from collections.abc import Callable
 from typing import Any
 
 import xsoftmax as xs
-from xsoftmax._cli import bench, timing as _timing
 from xsoftmax._backend import BACKENDS
+from xsoftmax._cli import bench
+from xsoftmax._cli import timing as _timing
+from xsoftmax._cli.text import choice_list
 
 
 def _env(name: str, parse: Callable[[str], Any], default: Any) -> Any:
@@ -21,11 +23,11 @@ def _env(name: str, parse: Callable[[str], Any], default: Any) -> Any:
 
 
 STATUS = xs.available_backends()
-SHAPES: list[tuple[int, int]] = _env("XSOFTMAX_BENCH_SHAPES", bench._shapes, list(bench.DEFAULT_SHAPES))
-DTYPES: list[str] = _env("XSOFTMAX_BENCH_DTYPES", bench._names(bench.DTYPES), ["float32"])
-SELECTED = _env("XSOFTMAX_BENCH_BACKENDS", bench._names(BACKENDS), None)
+SHAPES: list[tuple[int, int]] = _env("XSOFTMAX_BENCH_SHAPES", bench.parse_shapes, list(bench.DEFAULT_SHAPES))
+DTYPES: list[str] = _env("XSOFTMAX_BENCH_DTYPES", choice_list(bench.DTYPES), ["float32"])
+SELECTED = _env("XSOFTMAX_BENCH_BACKENDS", choice_list(BACKENDS), None)
 PAIRS, PEERS, SKIPPED = bench.plan(
-    STATUS, backends=SELECTED, peers=_env("XSOFTMAX_BENCH_PEERS", bench._peer_names, None)
+    STATUS, backends=SELECTED, peers=_env("XSOFTMAX_BENCH_PEERS", bench.parse_peers, None)
 )
 #: backends measured (each once, whatever its engines)
 MEASURED: list[str] = list(dict.fromkeys(b for b, _ in PAIRS))

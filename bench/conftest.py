@@ -25,9 +25,11 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from _suite import SKIPPED
 
-from xsoftmax._cli import bench, timing as _timing
+from xsoftmax._cli import bench
+from xsoftmax._cli import timing as _timing
+
+from _suite import SKIPPED
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:

@@ -13,10 +13,11 @@ from typing import Any
 
 import numpy as np
 import pytest
-from _suite import DTYPES, MEASURED, _env, record, shape_id
 
 import xsoftmax as xs
 from xsoftmax._cli.bench import parse_shape
+
+from _suite import DTYPES, MEASURED, _env, record, shape_id
 
 
 def _layer_shapes(text: str) -> list[tuple[int, ...]]:

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 import xsoftmax as xs
-from xsoftmax._cli import bench, timing as _timing
+from xsoftmax._cli import bench, main
+from xsoftmax._cli import timing as _timing
 from xsoftmax._cli.check import engines_for, oracle_softmax_loss
-from xsoftmax._cli import main
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -92,7 +92,7 @@ def test_cuda_timing_reads_cuda_events(monkeypatch):
 
 
 def test_cuda_pool_peak_counts_only_live_allocations():
-    peak = _timing._PoolPeak()
+    peak = _timing.PoolPeak()
     peak.malloc_postprocess(mem_ptr=1, mem_size=100, size=90, device_id=0, pmem_id=0)
     peak.malloc_postprocess(mem_ptr=2, mem_size=50, size=50, device_id=0, pmem_id=0)
     peak.free_postprocess(mem_ptr=1, mem_size=100, device_id=0, pmem_id=0)

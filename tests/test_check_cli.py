@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import xsoftmax._softmax as softmax_module
-from xsoftmax._engines import FUSED
+from xsoftmax._cli import main
 from xsoftmax._cli.check import (
     IGNORE,
     compare,
@@ -20,7 +20,7 @@ from xsoftmax._cli.check import (
     oracle_logsumexp,
     oracle_softmax_loss,
 )
-from xsoftmax._cli import main
+from xsoftmax._engines import FUSED
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])

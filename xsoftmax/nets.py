@@ -142,7 +142,7 @@ class FullyConnectedNet:
 
 
 class TwoLayerNet(FullyConnectedNet):
-    r"""The seeds' network: ``affine − relu − affine − softmax``.
+    r"""CS231n's spiral network: ``affine − relu − affine − softmax``.
 
     ``scores = max(0, X W1 + b1) W2 + b2`` with ``W1`` ``(D, H)``, ``W2``
     ``(H, C)``. Backprop, as in CS231n: ``dscores = (p − onehot(y))/N``,

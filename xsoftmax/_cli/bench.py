@@ -46,7 +46,10 @@ from typing import Any
 
 import numpy as np
 
+from .._validate import check_positive_int
 from . import plotting, timing
+from .check import enable_jax_float64, engines_for, oracle_softmax_loss
+from .text import choice_list, comma_list, format_table
 
 __all__ = [
     "DEFAULT_SHAPES",
@@ -59,10 +62,13 @@ __all__ = [
     "machine_info",
     "make_case",
     "make_peer",
-    "parse_shape",
     "max_abs_err",
     "naive_softmax_loss",
+    "parse_peers",
+    "parse_shape",
+    "parse_shapes",
     "plan",
+    "print_table",
     "run",
 ]
 
@@ -344,8 +350,6 @@ def max_abs_err(case: Case, result: tuple[np.ndarray, np.ndarray], *, block: int
     The oracle runs on row blocks of about ``block`` values, so checking a
     large batch needs a few float64 blocks of memory, not several full copies.
     """
-    from .check import oracle_softmax_loss
-
     loss, d = result
     scores, y = case.inputs()
     n, c = scores.shape
@@ -476,38 +480,28 @@ def parse_shape(text: str, names: str = "NxC") -> tuple[int, ...]:
     return dims
 
 
-def _shapes(text: str) -> list[tuple[int, ...]]:
-    return [parse_shape(t) for t in text.split(",") if t.strip()]
-
-
-def _names(choices: tuple[str, ...]) -> Callable[[str], list[str]]:
-    def parse(text: str) -> list[str]:
-        names = [t.strip() for t in text.split(",") if t.strip()]
-        bad = [t for t in names if t not in choices]
-        if bad:
-            raise argparse.ArgumentTypeError(f"unknown {', '.join(bad)}; choose from {', '.join(choices)}")
-        return names
-
-    return parse
+def parse_shapes(text: str) -> list[tuple[int, ...]]:
+    """``"64x10,32x100"`` -> ``[(64, 10), (32, 100)]`` (each as :func:`parse_shape`)."""
+    return [parse_shape(t) for t in comma_list(text)]
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     from .._backend import BACKENDS
 
     shapes = ",".join(f"{n}x{c}" for n, c in DEFAULT_SHAPES)
-    parser.add_argument("--backends", type=_names(BACKENDS),
+    parser.add_argument("--backends", type=choice_list(BACKENDS),
                         help=f"comma-separated backends (default: every available one but "
                              f"{', '.join(NOT_BY_DEFAULT)})")
-    parser.add_argument("--engines", type=_names(("reference", "fused", "fused-out")),
+    parser.add_argument("--engines", type=choice_list(("reference", "fused", "fused-out")),
                         help="comma-separated engines (default: reference, and fused where the backend "
                              "has one); fused-out: the fused engine writing into a reused out= buffer "
                              f"({', '.join(OUT_BUFFER_BACKENDS)})")
-    parser.add_argument("--shapes", type=_shapes, default=list(DEFAULT_SHAPES),
+    parser.add_argument("--shapes", type=parse_shapes, default=list(DEFAULT_SHAPES),
                         help=f"comma-separated NxC shapes (default: {shapes})")
-    parser.add_argument("--dtype", type=_names(DTYPES), default=["float32"],
+    parser.add_argument("--dtype", type=choice_list(DTYPES), default=["float32"],
                         help="comma-separated dtypes: float32, float64, float16 (default: float32)")
     parser.add_argument("--repeat", type=int, default=5, help="timed calls per row (default: 5)")
-    parser.add_argument("--peers", nargs="?", type=_peer_names, const=list(PEERS), default=None,
+    parser.add_argument("--peers", nargs="?", type=parse_peers, const=list(PEERS), default=None,
                         help="compare with peers: a comma-separated list of "
                              f"{', '.join(PEERS)}, 'all' (also what a bare --peers means) or 'none'; "
                              "default: all installed peers without --backends, none with it")
@@ -516,10 +510,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default: 0)")
 
 
-def _peer_names(text: str) -> list[str]:
+def parse_peers(text: str) -> list[str]:
+    """``--peers`` and ``XSOFTMAX_BENCH_PEERS``: a comma list of :data:`PEERS`, ``all`` or ``none``."""
     if text in ("all", "none"):
         return list(PEERS) if text == "all" else []
-    return _names(tuple(PEERS))(text)
+    return choice_list(tuple(PEERS))(text)
 
 
 def plan(
@@ -536,7 +531,6 @@ def plan(
     given. Shared by the CLI and the ``bench/`` suite.
     """
     from .._backend import BACKENDS
-    from .check import engines_for
 
     skipped = []
     pairs = []
@@ -569,8 +563,10 @@ def _progress(i: int, total: int, label: str, note: str = "") -> None:
 def run(args: argparse.Namespace) -> int:
     import xsoftmax as xs
 
-    if args.repeat < 1:
-        print("xsoftmax bench: --repeat must be at least 1", file=sys.stderr)
+    try:
+        check_positive_int(args.repeat, "--repeat")
+    except ValueError as exc:
+        print(f"xsoftmax bench: {exc}", file=sys.stderr)
         return 2
     if args.plot and (problem := plotting.missing("bench")):
         print(problem, file=sys.stderr)  # before a minute of measuring, not after
@@ -580,9 +576,7 @@ def run(args: argparse.Namespace) -> int:
     status = xs.available_backends()
     pairs, peers, skipped = plan(status, backends=args.backends, engines=args.engines, peers=args.peers)
     if "float64" in args.dtype and ("jax" in peers or any(b == "jax" for b, _ in pairs)):
-        from .check import _enable_jax_float64
-
-        _enable_jax_float64()
+        enable_jax_float64()
     units = [(shape, dtype, item) for shape in args.shapes for dtype in args.dtype
              for item in [*pairs, *((None, p) for p in peers)]]
     rows: list[Row] = []
@@ -674,18 +668,13 @@ def print_table(rows: list[Row], floors: dict, skipped: list[str], elapsed: floa
          f"{r.gbps:.1f}", f"{r.floor_ratio:.2f}", f"{r.max_abs_err:.1e}", _fmt_bytes(r.peak_bytes))
         for r in rows
     ]
-    widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
-    numeric = set(range(4, len(header)))
-    fmt = lambda r: "  ".join(v.rjust(w) if i in numeric else v.ljust(w)  # noqa: E731
-                              for i, (v, w) in enumerate(zip(r, widths))).rstrip()
-    print(fmt(header))
-    print("  ".join("-" * w for w in widths))
-    for r in body:
-        print(fmt(r))
+    for line in format_table(header, body, right=range(4, len(header)), rule=True):
+        print(line)
     print()
     for (device, shape, dtype), t in floors.items():
         gbps = timing.bandwidth_gbps(timing.pass_bytes(shape, np.dtype(dtype).itemsize), t.median)
-        print(f"copy floor {device:<4} {shape[0]}x{shape[1]} {dtype}: {t.median * 1e3:.2f} ms ({gbps:.1f} GB/s)")
+        n, c = shape
+        print(f"copy floor {device:<4} {n}x{c} {dtype}: {t.median * 1e3:.2f} ms ({gbps:.1f} GB/s)")
     for line in skipped:
         print(f"skipped {line}")
     print(f"x floor = median time / time of a plain copy of the same bytes on the same device "
@@ -710,12 +699,12 @@ def plot(rows: list[Row], path: str) -> None:
         floors.setdefault((r.device, r.dtype), set()).add((c, r.floor_gbps))
     fig, (bw, ratio) = plt.subplots(1, 2, figsize=(15, 5.5), layout="constrained")
     for label, points in series.items():
-        cs, gbps, ratios = zip(*sorted(points))
+        cs, gbps, ratios = zip(*sorted(points), strict=True)
         bw.plot(cs, gbps, marker="o", label=label)
         ratio.plot(cs, ratios, marker="o", label=label)
     styles = {"cpu": "--", "cuda": "-.", "dask": ":"}
     for (device, dtype), points in floors.items():
-        cs, gbps = zip(*sorted(points))
+        cs, gbps = zip(*sorted(points), strict=True)
         bw.plot(cs, gbps, linestyle=styles.get(device, "--"), color="black", marker="x",
                 label=f"copy floor ({device}{f' {dtype}' if several_dtypes else ''})")
     ratio.axhline(1.0, color="black", linestyle="--")
