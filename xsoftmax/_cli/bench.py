@@ -217,7 +217,7 @@ def gather_blocks(client: Any, x: Any) -> np.ndarray:
     import distributed
     from dask.core import flatten
 
-    futures = [distributed.Future(key, client) for key in flatten(x.__dask_keys__())]
+    futures: list[Any] = [distributed.Future(key, client) for key in flatten(x.__dask_keys__())]
     return np.concatenate(client.gather(futures))
 
 
@@ -653,11 +653,12 @@ def _json_default(value: Any) -> Any:
 def _fmt_bytes(n: int | None) -> str:
     if n is None:
         return "n/a"
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
+    size = float(n)
+    for unit in ("B", "KiB", "MiB"):
+        if size < 1024:
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GiB"
 
 
 def print_table(rows: list[Row], floors: dict, skipped: list[str], elapsed: float) -> None:
@@ -703,8 +704,8 @@ def plot(rows: list[Row], path: str) -> None:
         bw.plot(cs, gbps, marker="o", label=label)
         ratio.plot(cs, ratios, marker="o", label=label)
     styles = {"cpu": "--", "cuda": "-.", "dask": ":"}
-    for (device, dtype), points in floors.items():
-        cs, gbps = zip(*sorted(points), strict=True)
+    for (device, dtype), copies in floors.items():
+        cs, gbps = zip(*sorted(copies), strict=True)
         bw.plot(cs, gbps, linestyle=styles.get(device, "--"), color="black", marker="x",
                 label=f"copy floor ({device}{f' {dtype}' if several_dtypes else ''})")
     ratio.axhline(1.0, color="black", linestyle="--")

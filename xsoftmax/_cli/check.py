@@ -302,14 +302,14 @@ def loss_checks(backend: str, engine: str, seed: int) -> Iterator[Check]:
         n, c = inp.scores.shape
         s = _on(backend, inp.scores, inp.dtype)
         host = xs.to_numpy(s).astype(np.float64)
-        weight_values = np.random.default_rng(seed + c).uniform(0.5, 2.0, c)
+        weight_values = np.random.default_rng(seed + c).uniform(0.5, 2.0, size=(c,))
         for reduction in REDUCTIONS:
             for weighted in (False, True):
                 for ignore_index in (None, IGNORE):
                     for smoothing in (0.0, SMOOTHING):
                         y = inp.y if ignore_index is None else _with_ignored(inp.y)
                         wv = weight_values if weighted else None
-                        options = dict(
+                        options: dict[str, Any] = dict(
                             reduction=reduction, ignore_index=ignore_index, label_smoothing=smoothing
                         )
                         want = oracle_softmax_loss(host, y, weight=wv, **options)
@@ -361,8 +361,12 @@ def primitive_checks(backend: str, seed: int) -> Iterator[Check]:
             for axis in (-1, 0):
                 n, c = inp.scores.shape
                 case = f"{name} axis={axis} {inp.name} {inp.dtype} {n}x{c}"
-                yield from _pair(case, inp.dtype, lambda fn=fn, axis=axis, s=s: (fn(s, axis=axis),),
-                                 (oracle(host, axis),))
+                yield from _pair(case, inp.dtype, _call(fn, s, axis), (oracle(host, axis),))
+
+
+def _call(fn: Callable[..., Any], s: Any, axis: int) -> Callable[[], tuple[Any]]:
+    """``lambda: (fn(s, axis=axis),)``, bound now rather than when the check runs."""
+    return lambda: (fn(s, axis=axis),)
 
 
 def layer_checks(backend: str, seed: int) -> Iterator[Check]:
