@@ -11,21 +11,26 @@ from collections.abc import Callable
 from typing import Any
 
 import xsoftmax as xs
-from xsoftmax import _timing, bench
 from xsoftmax._backend import BACKENDS
+from xsoftmax._cli import bench
+from xsoftmax._cli import timing as _timing
+from xsoftmax._cli.text import choice_list
 
 
-def _env(name: str, parse: Callable[[str], Any], default: Any) -> Any:
+def env_setting(name: str, parse: Callable[[str], Any], default: Any) -> Any:
+    """The environment variable `name` parsed by `parse` (the CLI's syntax), or `default` when unset."""
     value = os.environ.get(name)
     return parse(value) if value else default
 
 
 STATUS = xs.available_backends()
-SHAPES: list[tuple[int, int]] = _env("XSOFTMAX_BENCH_SHAPES", bench._shapes, list(bench.DEFAULT_SHAPES))
-DTYPES: list[str] = _env("XSOFTMAX_BENCH_DTYPES", bench._names(bench.DTYPES), ["float32"])
-SELECTED = _env("XSOFTMAX_BENCH_BACKENDS", bench._names(BACKENDS), None)
+SHAPES: list[tuple[int, int]] = env_setting(
+    "XSOFTMAX_BENCH_SHAPES", bench.parse_shapes, list(bench.DEFAULT_SHAPES)
+)
+DTYPES: list[str] = env_setting("XSOFTMAX_BENCH_DTYPES", choice_list(bench.DTYPES), ["float32"])
+SELECTED = env_setting("XSOFTMAX_BENCH_BACKENDS", choice_list(BACKENDS), None)
 PAIRS, PEERS, SKIPPED = bench.plan(
-    STATUS, backends=SELECTED, peers=_env("XSOFTMAX_BENCH_PEERS", bench._peer_names, None)
+    STATUS, backends=SELECTED, peers=env_setting("XSOFTMAX_BENCH_PEERS", bench.parse_peers, None)
 )
 #: backends measured (each once, whatever its engines)
 MEASURED: list[str] = list(dict.fromkeys(b for b, _ in PAIRS))

@@ -1,9 +1,9 @@
 """The pytest-benchmark suite: ``pytest bench --benchmark-only``.
 
 It measures what ``xsoftmax bench`` measures, with the same cases
-(:func:`xsoftmax.bench.make_case`, :func:`~xsoftmax.bench.make_peer`), the
-same selection rule (:func:`xsoftmax.bench.plan`) and the same copy floor
-(:func:`xsoftmax.bench.floor`); pytest-benchmark does the repeating and the
+(:func:`xsoftmax._cli.bench.make_case`, :func:`~xsoftmax._cli.bench.make_peer`), the
+same selection rule (:func:`xsoftmax._cli.bench.plan`) and the same copy floor
+(:func:`xsoftmax._cli.bench.floor`); pytest-benchmark does the repeating and the
 statistics. Each result's ``extra_info`` holds ``gbps`` and ``floor_ratio``
 (copy bandwidth over achieved bandwidth, 1.0 = the memory floor), and
 results are grouped by operation, shape and dtype so the backends of one
@@ -25,9 +25,11 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from _suite import SKIPPED
 
-from xsoftmax import _timing, bench
+from xsoftmax._cli import bench
+from xsoftmax._cli import timing as _timing
+
+from _suite import SKIPPED
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:

@@ -9,7 +9,7 @@ overflow (standard-normal logits)::
     loss += Σ_i log(σ_i / e_y);  d = e · (1/N)/σ;  d[i, y_i] = e_y (1/N)/σ − 1/N
 
 and prints the time as a ratio to a plain copy of the same bytes
-(:func:`xsoftmax._timing.copy_floor`), next to the NumPy engine's own time
+(:func:`xsoftmax._cli.timing.copy_floor`), next to the NumPy engine's own time
 and the row vectors that block size holds (``σ``, ``e_y``, the target's
 flat index, the ratio ``σ / e_y``: 20 bytes a row and thread, as the
 engine's).
@@ -31,9 +31,9 @@ import threading
 import numpy as np
 
 import xsoftmax as xs
-from xsoftmax import _timing
+from xsoftmax._cli import timing as _timing
+from xsoftmax._cli.bench import parse_shape
 from xsoftmax._engines.numpy import NUM_THREADS_ENV
-from xsoftmax.bench import parse_shape
 
 ROW_VECTOR_BYTES = 20  # σ, e_y, the target's flat index (8), σ / e_y
 
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
         loss, d = bare_pass(s, y, rows, args.threads)
         np.testing.assert_allclose(loss, ref_loss, rtol=1e-4)  # the same numbers, or no bound
         np.testing.assert_allclose(d, ref_d, rtol=1e-4, atol=1e-9)
-        t = _timing.measure(lambda: bare_pass(s, y, rows, args.threads), repeat=args.repeat).median
+        t = _timing.measure(lambda rows=rows: bare_pass(s, y, rows, args.threads), repeat=args.repeat).median
         held = ROW_VECTOR_BYTES * min(rows, n) * args.threads / (n * c * 4)
         print(
             f"  bare calls, {rows:>7} rows/block {t * 1e3:7.2f} ms  {t / floor:5.2f}x floor"

@@ -35,7 +35,7 @@ da = pytest.importorskip("dask.array")
 distributed = pytest.importorskip("distributed")
 
 import xsoftmax as xs  # noqa: E402
-from xsoftmax.bench import gather_blocks, parse_shape  # noqa: E402
+from xsoftmax._cli.bench import gather_blocks, parse_shape  # noqa: E402
 
 ROUNDS = 7
 

@@ -13,10 +13,11 @@ from typing import Any
 
 import numpy as np
 import pytest
-from _suite import DTYPES, MEASURED, _env, record, shape_id
 
 import xsoftmax as xs
-from xsoftmax.bench import parse_shape
+from xsoftmax._cli.bench import parse_shape
+
+from _suite import DTYPES, MEASURED, env_setting, record, shape_id
 
 
 def _layer_shapes(text: str) -> list[tuple[int, ...]]:
@@ -24,7 +25,7 @@ def _layer_shapes(text: str) -> list[tuple[int, ...]]:
 
 
 #: N×D×M: a batch of 2048 rows through a 1024 → 512 layer (1 GFLOP forward).
-LAYER_SHAPES = _env("XSOFTMAX_BENCH_LAYER_SHAPES", _layer_shapes, [(2048, 1024, 512)])
+LAYER_SHAPES = env_setting("XSOFTMAX_BENCH_LAYER_SHAPES", _layer_shapes, [(2048, 1024, 512)])
 #: Dask layers are lazy graphs whose cost is the scheduler's; the loss
 #: benchmarks already time Dask end to end.
 LAYER_BACKENDS = [b for b in MEASURED if b != "dask"]

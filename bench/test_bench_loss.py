@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from _suite import DTYPES, PAIRS, PEERS, SHAPES, record, shape_id
 
-from xsoftmax import _timing, bench
+from xsoftmax._cli import bench
+from xsoftmax._cli import timing as _timing
+
+from _suite import DTYPES, PAIRS, PEERS, SHAPES, record, shape_id
 
 IMPLS = [pytest.param(("xsoftmax", b, e), id=f"{b}-{e}") for b, e in PAIRS]
 IMPLS += [pytest.param(("peer", p, None), id=f"peer-{p}") for p in PEERS]

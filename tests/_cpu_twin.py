@@ -256,7 +256,7 @@ class TwinLauncher:
         types: dict[str, str] = {}
         ptrs, strides, keep = [], [], []
         scalars = _scalars(spec)
-        for p, a in zip(params, args):
+        for p, a in zip(params, args, strict=True):
             if p.name in scalars:
                 value = np.asarray(a, dtype=p.type)
                 keep.append(value)

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 import xsoftmax as xs
-from xsoftmax import _timing, bench
-from xsoftmax.check import engines_for, oracle_softmax_loss
-from xsoftmax.cli import main
+from xsoftmax._cli import bench, main
+from xsoftmax._cli import timing as _timing
+from xsoftmax._cli.check import engines_for, oracle_softmax_loss
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -92,7 +92,7 @@ def test_cuda_timing_reads_cuda_events(monkeypatch):
 
 
 def test_cuda_pool_peak_counts_only_live_allocations():
-    peak = _timing._PoolPeak()
+    peak = _timing.PoolPeak()
     peak.malloc_postprocess(mem_ptr=1, mem_size=100, size=90, device_id=0, pmem_id=0)
     peak.malloc_postprocess(mem_ptr=2, mem_size=50, size=50, device_id=0, pmem_id=0)
     peak.free_postprocess(mem_ptr=1, mem_size=100, device_id=0, pmem_id=0)
@@ -269,7 +269,7 @@ def test_cli_dask_rows_run_on_a_local_cluster(tmp_path):
 def test_console_script_in_a_subprocess(tmp_path):
     out_json = tmp_path / "b.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "xsoftmax.cli", "bench", "--backends", "numpy", "--shapes", "16x8",
+        [sys.executable, "-m", "xsoftmax", "bench", "--backends", "numpy", "--shapes", "16x8",
          "--repeat", "1", "--dtype", "float32,float64", "--json", str(out_json)],
         capture_output=True, text=True, timeout=120,
     )

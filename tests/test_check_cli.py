@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 import xsoftmax._softmax as softmax_module
-from xsoftmax._engines import FUSED
-from xsoftmax.check import (
+from xsoftmax._cli import main
+from xsoftmax._cli.check import (
     IGNORE,
     compare,
     engines_for,
@@ -20,7 +20,7 @@ from xsoftmax.check import (
     oracle_logsumexp,
     oracle_softmax_loss,
 )
-from xsoftmax.cli import main
+from xsoftmax._engines import FUSED
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])

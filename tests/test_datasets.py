@@ -28,7 +28,8 @@ def _raw_iris():
 def test_iris_file_is_fishers_150_rows():
     text, X, y = _raw_iris()
     # The exact bytes of scikit-learn 1.9.1's sklearn/datasets/data/iris.csv.
-    assert hashlib.sha256(text).hexdigest() == "f13ffa8fdd56fd8e6c8d16d4081a3fbd3114bcd0aae4256c43205169cd9d1449"
+    digest = "f13ffa8fdd56fd8e6c8d16d4081a3fbd3114bcd0aae4256c43205169cd9d1449"
+    assert hashlib.sha256(text).hexdigest() == digest
     assert X.shape == (150, 4)
     assert np.bincount(y).tolist() == [50, 50, 50]
     # Fisher's summary statistics (means of the four measurements, cm).
@@ -54,7 +55,7 @@ def test_iris_split_is_stratified_and_covers_every_row_once():
 
 def test_iris_split_is_reproducible_and_seeded():
     a, b = _host(datasets.iris(seed=5)), _host(datasets.iris(seed=5))
-    for u, v in zip(a, b):
+    for u, v in zip(a, b, strict=True):
         np.testing.assert_array_equal(u, v)
     c = _host(datasets.iris(seed=6))
     assert not np.array_equal(a[1], c[1])
@@ -97,7 +98,7 @@ def test_same_data_on_every_backend(xp, name):
     assert ds.X_train.dtype == xp.float64
     assert xp.isdtype(ds.y_train.dtype, "integral")
     ref = _host(datasets.load(name, seed=4, backend="numpy", dtype="float64"))
-    for u, v in zip(_host(ds), ref):
+    for u, v in zip(_host(ds), ref, strict=True):
         np.testing.assert_array_equal(u, v)
 
 

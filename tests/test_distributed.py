@@ -15,8 +15,9 @@ dask = pytest.importorskip("dask")
 distributed = pytest.importorskip("distributed")
 
 import xsoftmax as xs  # noqa: E402
+from xsoftmax._cli.bench import gather_blocks  # noqa: E402
+
 from _helpers import graph_size, no_compute  # noqa: E402
-from xsoftmax.bench import gather_blocks  # noqa: E402
 
 pytestmark = pytest.mark.distributed
 
@@ -132,7 +133,7 @@ def test_affine_and_relu_match_numpy(client):
         ref_ar,
         *xs.affine_relu_backward(doutn, ref_arcache),
     ]
-    for g, e in zip(got, ref):
+    for g, e in zip(got, ref, strict=True):
         assert g.shape == e.shape
         np.testing.assert_allclose(g, e, rtol=1e-12, atol=1e-12)
 

@@ -778,7 +778,7 @@ def test_peak_memory_near_the_gradient(n, c, opts, threads, dtype):
     hold ~2 MB of such rows and fixed buffers whatever the budget, so float16
     is checked on one and two threads.
     """
-    from xsoftmax._timing import peak_bytes
+    from xsoftmax._cli.timing import peak_bytes
 
     scores, y, kw = _problem(n, c, dtype, opts=opts, seed=23)
     _run(scores[:10], y[:10], num_threads=threads, **kw)

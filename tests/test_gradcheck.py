@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 import xsoftmax as xs
-from xsoftmax.gradcheck import numerical_gradient, numerical_gradient_array, rel_error
 from xsoftmax._backend import backend_name
+from xsoftmax.gradcheck import numerical_gradient, numerical_gradient_array, rel_error
 
 from _helpers import assert_close, on
 

@@ -47,7 +47,7 @@ def test_affine_forward_backward(xp):
     assert_close(db, rdb, xp)
     if have_torch():
         t_out, tdx, tdw, tdb = _torch_grads(lambda a: a, X, W, B, DOUT)
-        for mine, theirs in zip((out, dx, dw, db), (t_out, tdx, tdw, tdb)):
+        for mine, theirs in zip((out, dx, dw, db), (t_out, tdx, tdw, tdb), strict=True):
             assert_close(mine, theirs, xp)
 
 
@@ -84,7 +84,7 @@ def test_affine_relu_forward_backward(xp):
         import torch
 
         _, tdx, tdw, tdb = _torch_grads(torch.relu, X, W, B, DOUT)
-        for mine, theirs in zip((dx, dw, db), (tdx, tdw, tdb)):
+        for mine, theirs in zip((dx, dw, db), (tdx, tdw, tdb), strict=True):
             assert_close(mine, theirs, xp)
 
 
@@ -99,7 +99,7 @@ def test_affine_input_shapes(xp, shape):
     dout = RNG.standard_normal((shape[0], 2))
     dx, dw, db = xs.affine_backward(on(xp, dout), cache)
     assert tuple(dx.shape) == shape
-    for mine, ref in zip((dx, dw, db), ref_affine_backward(dout, x, w)):
+    for mine, ref in zip((dx, dw, db), ref_affine_backward(dout, x, w), strict=True):
         assert_close(mine, ref, xp)
 
 
@@ -107,7 +107,7 @@ def test_layers_float32(xp):
     x32 = X.astype(np.float32).astype(np.float64)
     w32 = W.astype(np.float32).astype(np.float64)
     b32 = B.astype(np.float32).astype(np.float64)
-    out, cache = xs.affine_relu_forward(on(xp, x32, "float32"), on(xp, w32, "float32"), on(xp, b32, "float32"))
+    out, cache = xs.affine_relu_forward(*(on(xp, v, "float32") for v in (x32, w32, b32)))
     assert_close(out, ref_relu_forward(ref_affine_forward(x32, w32, b32)), xp, dtype=xp.float32)
     grads = xs.affine_relu_backward(on(xp, DOUT, "float32"), cache)
     for g in grads:
@@ -124,7 +124,7 @@ def test_layers_stay_lazy_on_dask():
         rdx = xs.relu_backward(x, rc)
     a = ref_affine_forward(X, W, B)
     np.testing.assert_allclose(out.compute(), ref_relu_forward(a), rtol=1e-12)
-    for g, ref in zip(grads, ref_affine_backward(ref_relu_backward(DOUT, a), X, W)):
+    for g, ref in zip(grads, ref_affine_backward(ref_relu_backward(DOUT, a), X, W), strict=True):
         np.testing.assert_allclose(g.compute(), ref, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(rdx.compute(), ref_relu_backward(X, X), rtol=0)
 
@@ -141,7 +141,7 @@ def test_layers_under_jax_jit():
     out, grads = step(*(jnp.asarray(a) for a in (X, W, B, DOUT)))
     a = ref_affine_forward(X, W, B)
     assert_close(out, ref_relu_forward(a), jnp)
-    for g, ref in zip(grads, ref_affine_backward(ref_relu_backward(DOUT, a), X, W)):
+    for g, ref in zip(grads, ref_affine_backward(ref_relu_backward(DOUT, a), X, W), strict=True):
         assert_close(g, ref, jnp)
 
 
@@ -152,5 +152,5 @@ def test_mixed_float_dtypes_promote(xp):
     assert out.dtype == xp.float64
     assert_close(out, ref_affine_forward(x32, W, B), xp, rtol=1e-12)
     dx, dw, db = xs.affine_backward(on(xp, DOUT), cache)
-    for g, ref in zip((dx, dw, db), ref_affine_backward(DOUT, x32, W)):
+    for g, ref in zip((dx, dw, db), ref_affine_backward(DOUT, x32, W), strict=True):
         assert_close(g, ref, xp, rtol=1e-12)

@@ -153,7 +153,7 @@ def test_zero_weight_classes_only_mean_is_nan_like_torch(xp, label_smoothing):
 @pytest.mark.parametrize("engine", ["reference", "auto"])
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 def test_numpy_loss_is_a_0d_array_not_a_scalar(engine, reduction):
-    """DESIGN: the reduced loss is a 0-d array (NumPy's reductions return np.generic)."""
+    """The reduced loss is a 0-d array (NumPy's reductions return np.generic)."""
     loss, _ = xs.softmax_loss(_scores(), np.arange(N) % C, reduction=reduction, engine=engine)
     assert isinstance(loss, np.ndarray) and loss.shape == ()
 

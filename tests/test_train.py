@@ -7,6 +7,7 @@ import io
 
 import numpy as np
 import pytest
+from conftest import require_backend
 
 import xsoftmax as xs
 from xsoftmax import datasets, train
@@ -14,7 +15,6 @@ from xsoftmax._backend import backend_name
 from xsoftmax.nets import TwoLayerNet
 
 from _helpers import assert_close, on
-from conftest import require_backend
 
 RNG = np.random.default_rng(2)
 W = RNG.standard_normal((4, 3))
@@ -69,7 +69,9 @@ def test_adam_first_step_moves_every_weight_by_lr():
 def _tiny(backend="numpy", dtype="float64", **solver_kw):
     data = datasets.spiral(20, 3, seed=0, backend=backend, dtype=dtype)
     model = TwoLayerNet(2, 16, 3, weight_scale=0.1, reg=1e-3, backend=backend, dtype=dtype, seed=0)
-    kw = dict(update_rule="adam", optim_config={"learning_rate": 0.1}, batch_size=25, num_epochs=8, verbose=False)
+    kw = dict(
+        update_rule="adam", optim_config={"learning_rate": 0.1}, batch_size=25, num_epochs=8, verbose=False
+    )
     kw.update(solver_kw)
     return train.Solver(model, data, **kw), data
 

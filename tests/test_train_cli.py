@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from xsoftmax import cli
+from xsoftmax import _cli as cli
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

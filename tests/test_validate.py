@@ -1,4 +1,4 @@
-"""Bad input (DESIGN.md "Bad input"), no mutation, read-only inputs."""
+"""Bad input (a clear ValueError or TypeError naming the argument), no mutation, read-only inputs."""
 
 from __future__ import annotations
 

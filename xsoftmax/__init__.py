@@ -6,7 +6,7 @@
 [[0.2, -0.7, 0.5]]
 """
 
-from __future__ import annotations
+from importlib import metadata as _metadata
 
 from . import datasets, gradcheck, nets, train
 from ._backend import (
@@ -27,7 +27,11 @@ from ._layers import (
 )
 from ._softmax import log_softmax, logsumexp, softmax, softmax_loss
 
-__version__ = "0.1.0"
+try:
+    __version__ = _metadata.version("xsoftmax")  # one copy of the version: pyproject.toml's
+except _metadata.PackageNotFoundError:  # run from a source tree that was never installed
+    __version__ = "0+unknown"
+del _metadata
 
 __all__ = [
     "__version__",

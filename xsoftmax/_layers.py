@@ -53,7 +53,7 @@ def affine_forward(x: Array, w: Array, b: Array) -> tuple[Array, tuple[Array, Ar
     for name, arr in (("x", x), ("w", w), ("b", b)):
         check_floating(xp, arr, name)
     if x.ndim < 1:
-        raise ValueError(f"x must have shape (N, d1, ..., dk), got a 0-d array")
+        raise ValueError("x must have shape (N, d1, ..., dk), got a 0-d array")
     if w.ndim != 2:
         raise ValueError(f"w must be 2-D with shape (D, M), got shape {tuple(w.shape)}")
     d = math.prod(x.shape[1:])

@@ -25,6 +25,7 @@ backend, so one seed gives the same starting network on every backend.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from typing import Any
 
@@ -98,7 +99,7 @@ class FullyConnectedNet:
 
         rng = np.random.default_rng(seed)
         self.params: dict[str, Array] = {}
-        for layer, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:]), start=1):
+        for layer, (d_in, d_out) in enumerate(itertools.pairwise(dims), start=1):
             w = weight_scale * rng.standard_normal((d_in, d_out))
             self.params[f"W{layer}"] = asarray(w, backend=self.backend, dtype=dtype)
             self.params[f"b{layer}"] = asarray(np.zeros(d_out), backend=self.backend, dtype=dtype)
@@ -114,12 +115,12 @@ class FullyConnectedNet:
         the keys and shapes of ``params``.
         """
         h = X
-        caches = []
+        caches: list[Any] = []  # affine_relu caches, then the last affine layer's
         for layer in range(1, self.num_layers):
             h, cache = affine_relu_forward(h, *self._layer(layer))
             caches.append(cache)
-        scores, cache = affine_forward(h, *self._layer(self.num_layers))
-        caches.append(cache)
+        scores, last_cache = affine_forward(h, *self._layer(self.num_layers))
+        caches.append(last_cache)
         if y is None:
             return scores
 
@@ -142,7 +143,7 @@ class FullyConnectedNet:
 
 
 class TwoLayerNet(FullyConnectedNet):
-    r"""The seeds' network: ``affine − relu − affine − softmax``.
+    r"""CS231n's spiral network: ``affine − relu − affine − softmax``.
 
     ``scores = max(0, X W1 + b1) W2 + b2`` with ``W1`` ``(D, H)``, ``W2``
     ``(H, C)``. Backprop, as in CS231n: ``dscores = (p − onehot(y))/N``,

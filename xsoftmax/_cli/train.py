@@ -1,4 +1,7 @@
-"""``xsoftmax train``: the seeds' two-layer network on a built-in data set, on any backend.
+"""``xsoftmax train``: a two-layer network on a built-in data set, on any backend.
+
+The networks are CS231n's spiral network (2-100-3) and the 4-6-3 iris
+network (4 measurements, 6 hidden units, 3 species of Fisher's iris flowers).
 
 Defaults depend on the data set (see :data:`DEFAULTS`); any option given on
 the command line overrides them. Prints progress and a summary; ``--json``
@@ -16,15 +19,15 @@ from typing import Any
 
 import numpy as np
 
-from . import _plotting
+from . import plotting
 
 __all__ = ["DEFAULTS", "configure", "run"]
 
 #: Per-data-set defaults, chosen to finish in about a second on a CPU.
 #: spiral: CS231n's 100 hidden units; Adam reaches ~99% in 1000 full-batch
 #: steps (CS231n's plain-SGD run takes 10000), and reg 1e-4 rather than 1e-3,
-#: whose penalty holds some seeds below 98% training accuracy. iris: the R
-#: seed's 4-6-3 shape, lr 1e-2 and reg 1e-3, full-batch like the seed, with
+#: whose penalty holds some random seeds below 98% training accuracy. iris: the
+#: 4-6-3 iris network's shape, lr 1e-2 and reg 1e-3, full-batch like that network, with
 #: Adam instead of plain gradient descent (400 steps instead of thousands),
 #: on standardised features (xsoftmax.datasets.iris). Minibatches of 30
 #: reached the same best accuracy with a noisier loss curve.
@@ -35,7 +38,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    from .train import UPDATE_RULES
+    from ..train import UPDATE_RULES
 
     def table(key: str) -> str:
         return ", ".join(f"{name}: {d[key]}" for name, d in DEFAULTS.items())
@@ -67,7 +70,7 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _plot(path: str, solver: Any, data: Any, title: str) -> None:
-    plt = _plotting.pyplot()
+    plt = plotting.pyplot()
 
     import xsoftmax as xs
 
@@ -98,9 +101,9 @@ def _plot(path: str, solver: Any, data: Any, title: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from . import datasets, nets, train
+    from .. import datasets, nets, train
 
-    if args.plot and (problem := _plotting.missing("train")):
+    if args.plot and (problem := plotting.missing("train")):
         print(problem, file=sys.stderr)  # before training, not after
         return 2
     s = _settings(args)

@@ -28,7 +28,10 @@ from typing import Any
 
 import numpy as np
 
+from .._validate import check_positive_int
+
 __all__ = [
+    "PoolPeak",
     "Timing",
     "bandwidth_gbps",
     "copy_floor",
@@ -133,8 +136,7 @@ def measure(fn: Callable[[], Any], *, repeat: int, device: str = "cpu", warmup: 
     """
     if device not in DEVICES:
         raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
-    if isinstance(repeat, bool) or not isinstance(repeat, int) or repeat < 1:
-        raise ValueError(f"repeat must be an int >= 1, got {repeat!r}")
+    check_positive_int(repeat, "repeat")
     if device == "cuda":
         return _measure_cuda(fn, repeat, warmup)
     return _measure_host(fn, repeat, warmup)
@@ -191,7 +193,7 @@ def copy_floor(
     return measure(fn, repeat=repeat, device=device, warmup=2)
 
 
-class _PoolPeak:
+class PoolPeak:
     """CuPy memory hook tracking the peak of the pool allocations it sees.
 
     Only allocations made while the hook is active are counted (a buffer
@@ -213,7 +215,7 @@ class _PoolPeak:
         self.current -= self.live.pop(kw["mem_ptr"], 0)
 
 
-def _cuda_hook(tracker: _PoolPeak) -> Any:
+def _cuda_hook(tracker: PoolPeak) -> Any:
     from cupy.cuda import memory_hook
 
     class Hook(memory_hook.MemoryHook):
@@ -241,7 +243,7 @@ def peak_bytes(fn: Callable[[], Any], *, device: str = "cpu") -> int | None:
     if device == "cuda":
         import cupy
 
-        tracker = _PoolPeak()
+        tracker = PoolPeak()
         with _cuda_hook(tracker):
             result = fn()
             cupy.cuda.get_current_stream().synchronize()

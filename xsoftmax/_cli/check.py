@@ -33,9 +33,14 @@ from typing import Any
 
 import numpy as np
 
+from .._validate import REDUCTIONS
+from .text import comma_list, format_table
+
 __all__ = [
     "TOLERANCES",
+    "compare",
     "configure",
+    "enable_jax_float64",
     "engines_for",
     "oracle_log_softmax",
     "oracle_logsumexp",
@@ -43,17 +48,24 @@ __all__ = [
     "run",
 ]
 
-#: (rtol, atol) by output dtype name. Half precision is computed in float32
-#: and rounded once to the output, so its tolerance is a few half-ulps.
+#: (rtol, atol) by output dtype name, against a float64 oracle: the one table
+#: of ``xsoftmax check`` and of the tests (tests/_helpers.py). Half precision
+#: is computed in float32 and rounded once to the output, so its tolerance is
+#: a few half-ulps; bfloat16 (8 significant bits, eps 2^-7) likewise, a few of its ulps.
 TOLERANCES: dict[str, tuple[float, float]] = {
     "float64": (1e-10, 1e-12),
     "float32": (2e-5, 2e-6),
     "float16": (4e-3, 1e-5),
+    "bfloat16": (4e-2, 2e-2),
 }
 
-REDUCTIONS = ("mean", "sum", "none")
+#: the input dtypes ``xsoftmax check`` runs (every backend may lack some)
+CHECKED_DTYPES = ("float64", "float32", "float16")
 IGNORE = -100  # torch's default ignore_index: out of range, so engines must not index with it
 SMOOTHING = 0.1
+
+#: what the check generators yield: (case, dtype, compute, expected)
+Check = tuple[str, str, Callable[[], Any], np.ndarray]
 
 
 # --------------------------------------------------------------------------- oracle
@@ -223,7 +235,7 @@ class Tally:
 
 def engines_for(backend: str) -> list[str]:
     """``reference`` always, ``fused`` where the backend has a fused engine."""
-    from ._engines import FUSED
+    from .._engines import FUSED
 
     return ["reference"] + (["fused"] if backend in FUSED else [])
 
@@ -246,7 +258,7 @@ def _on(backend: str, values: np.ndarray, dtype: str | None = None) -> Any:
 
 
 def _run_checks(
-    tally: Tally, backend: str, checks: Iterator[tuple[str, str, Callable[[], Any], np.ndarray]]
+    tally: Tally, backend: str, checks: Iterator[Check]
 ) -> None:
     """Run ``(case, dtype, compute, expected)`` items, recording errors and crashes.
 
@@ -255,7 +267,7 @@ def _run_checks(
     """
     import xsoftmax as xs
 
-    from ._backend import array_namespace, backend_name
+    from .._backend import array_namespace, backend_name
 
     for case, dtype, compute, expected in checks:
         try:
@@ -281,7 +293,7 @@ def _dtype_of(actual: Any) -> str:
     return str(actual.dtype).rsplit(".", 1)[-1]
 
 
-def loss_checks(backend: str, engine: str, seed: int) -> Iterator[tuple[str, str, Callable[[], Any], np.ndarray]]:
+def loss_checks(backend: str, engine: str, seed: int) -> Iterator[Check]:
     import xsoftmax as xs
 
     for inp in loss_inputs(seed):
@@ -290,14 +302,14 @@ def loss_checks(backend: str, engine: str, seed: int) -> Iterator[tuple[str, str
         n, c = inp.scores.shape
         s = _on(backend, inp.scores, inp.dtype)
         host = xs.to_numpy(s).astype(np.float64)
-        weight_values = np.random.default_rng(seed + c).uniform(0.5, 2.0, c)
+        weight_values = np.random.default_rng(seed + c).uniform(0.5, 2.0, size=(c,))
         for reduction in REDUCTIONS:
             for weighted in (False, True):
                 for ignore_index in (None, IGNORE):
                     for smoothing in (0.0, SMOOTHING):
                         y = inp.y if ignore_index is None else _with_ignored(inp.y)
                         wv = weight_values if weighted else None
-                        options = dict(
+                        options: dict[str, Any] = dict(
                             reduction=reduction, ignore_index=ignore_index, label_smoothing=smoothing
                         )
                         want = oracle_softmax_loss(host, y, weight=wv, **options)
@@ -332,7 +344,7 @@ def _pair(case: str, dtype: str, compute: Callable[[], Any], want: tuple[np.ndar
         yield f"{case} [output {i}]", dtype, output(i), expected
 
 
-def primitive_checks(backend: str, seed: int) -> Iterator[tuple[str, str, Callable[[], Any], np.ndarray]]:
+def primitive_checks(backend: str, seed: int) -> Iterator[Check]:
     import xsoftmax as xs
 
     fns = {
@@ -347,15 +359,18 @@ def primitive_checks(backend: str, seed: int) -> Iterator[tuple[str, str, Callab
         host = xs.to_numpy(s).astype(np.float64)
         for name, (fn, oracle) in fns.items():
             for axis in (-1, 0):
-                case = f"{name} axis={axis} {inp.name} {inp.dtype} {inp.scores.shape[0]}x{inp.scores.shape[1]}"
-                yield from _pair(case, inp.dtype, lambda fn=fn, axis=axis, s=s: (fn(s, axis=axis),),
-                                 (oracle(host, axis),))
+                n, c = inp.scores.shape
+                case = f"{name} axis={axis} {inp.name} {inp.dtype} {n}x{c}"
+                yield from _pair(case, inp.dtype, _call(fn, s, axis), (oracle(host, axis),))
 
 
-def layer_checks(backend: str, seed: int) -> Iterator[tuple[str, str, Callable[[], Any], np.ndarray]]:
+def _call(fn: Callable[..., Any], s: Any, axis: int) -> Callable[[], tuple[Any]]:
+    """``lambda: (fn(s, axis=axis),)``, bound now rather than when the check runs."""
+    return lambda: (fn(s, axis=axis),)
+
+
+def layer_checks(backend: str, seed: int) -> Iterator[Check]:
     """Affine / ReLU forward and backward against their float64 formulas."""
-    import xsoftmax as xs
-
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((4, 3, 2))
     x[0, 0, 0] = 0.0  # ReLU at exactly 0: subgradient 0
@@ -363,32 +378,41 @@ def layer_checks(backend: str, seed: int) -> Iterator[tuple[str, str, Callable[[
     b = rng.standard_normal(5)
     dout = rng.standard_normal((4, 5))
     for dtype in ("float64", "float32"):
-        xb, wb, bb, db = (_on(backend, v, dtype) for v in (x, w, b, dout))
-        hx, hw, hb, hd = (xs.to_numpy(v).astype(np.float64) for v in (xb, wb, bb, db))
-        x2 = hx.reshape(4, 6)
-        a = x2 @ hw + hb
-        active = a > 0
-        da = hd * active
-        tag = f"{dtype} x{hx.shape}"
-        yield from _pair(f"affine_forward {tag}", dtype, lambda: (xs.affine_forward(xb, wb, bb)[0],), (a,))
-        yield from _pair(
-            f"affine_backward {tag}", dtype,
-            lambda: xs.affine_backward(db, xs.affine_forward(xb, wb, bb)[1]),
-            ((hd @ hw.T).reshape(hx.shape), x2.T @ hd, hd.sum(0)),
-        )
-        yield from _pair(f"relu_forward {tag}", dtype, lambda: (xs.relu_forward(xb)[0],), (np.maximum(hx, 0),))
-        yield from _pair(
-            f"relu_backward {tag}", dtype,
-            lambda: (xs.relu_backward(xb, xs.relu_forward(xb)[1]),), (hx * (hx > 0),),
-        )
-        yield from _pair(
-            f"affine_relu_forward {tag}", dtype, lambda: (xs.affine_relu_forward(xb, wb, bb)[0],), (a * active,)
-        )
-        yield from _pair(
-            f"affine_relu_backward {tag}", dtype,
-            lambda: xs.affine_relu_backward(db, xs.affine_relu_forward(xb, wb, bb)[1]),
-            ((da @ hw.T).reshape(hx.shape), x2.T @ da, da.sum(0)),
-        )
+        yield from _layer_checks_in(backend, dtype, x, w, b, dout)
+
+
+def _layer_checks_in(
+    backend: str, dtype: str, x: np.ndarray, w: np.ndarray, b: np.ndarray, dout: np.ndarray
+) -> Iterator[Check]:
+    """The layer checks in one dtype (a function of its own, so each closure binds its own arrays)."""
+    import xsoftmax as xs
+
+    xb, wb, bb, db = (_on(backend, v, dtype) for v in (x, w, b, dout))
+    hx, hw, hb, hd = (xs.to_numpy(v).astype(np.float64) for v in (xb, wb, bb, db))
+    x2 = hx.reshape(4, 6)
+    a = x2 @ hw + hb
+    active = a > 0
+    da = hd * active
+    tag = f"{dtype} x{hx.shape}"
+    yield from _pair(f"affine_forward {tag}", dtype, lambda: (xs.affine_forward(xb, wb, bb)[0],), (a,))
+    yield from _pair(
+        f"affine_backward {tag}", dtype,
+        lambda: xs.affine_backward(db, xs.affine_forward(xb, wb, bb)[1]),
+        ((hd @ hw.T).reshape(hx.shape), x2.T @ hd, hd.sum(0)),
+    )
+    yield from _pair(f"relu_forward {tag}", dtype, lambda: (xs.relu_forward(xb)[0],), (np.maximum(hx, 0),))
+    yield from _pair(
+        f"relu_backward {tag}", dtype,
+        lambda: (xs.relu_backward(xb, xs.relu_forward(xb)[1]),), (hx * (hx > 0),),
+    )
+    yield from _pair(
+        f"affine_relu_forward {tag}", dtype, lambda: (xs.affine_relu_forward(xb, wb, bb)[0],), (a * active,)
+    )
+    yield from _pair(
+        f"affine_relu_backward {tag}", dtype,
+        lambda: xs.affine_relu_backward(db, xs.affine_relu_forward(xb, wb, bb)[1]),
+        ((da @ hw.T).reshape(hx.shape), x2.T @ da, da.sum(0)),
+    )
 
 
 # --------------------------------------------------------------------------- CLI
@@ -407,11 +431,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-v", "--verbose", action="store_true", help="list every failing case")
 
 
-def _split(value: str | None) -> list[str] | None:
-    return None if value is None else [v.strip() for v in value.split(",") if v.strip()]
-
-
-def _enable_jax_float64() -> None:
+def enable_jax_float64() -> None:
     """JAX silently computes float64 inputs in float32 unless x64 is on."""
     import jax
 
@@ -420,16 +440,17 @@ def _enable_jax_float64() -> None:
 
 def run(args: argparse.Namespace) -> int:
     import xsoftmax as xs
-    from ._backend import BACKENDS
+
+    from .._backend import BACKENDS
 
     status = xs.available_backends()
-    wanted = _split(args.backends)
+    wanted = None if args.backends is None else comma_list(args.backends)
     unknown = [b for b in wanted or () if b not in BACKENDS]
     if unknown:
         print(f"xsoftmax check: unknown backend(s) {', '.join(unknown)}; known: {', '.join(BACKENDS)}",
               file=sys.stderr)
         return 2
-    engines = _split(args.engines)
+    engines = None if args.engines is None else comma_list(args.engines)
     if engines is not None and not set(engines) <= {"reference", "fused"}:
         print(f"xsoftmax check: --engines must list reference and/or fused, got {args.engines}",
               file=sys.stderr)
@@ -442,7 +463,7 @@ def run(args: argparse.Namespace) -> int:
             skipped.append(f"{backend}: {status[backend]}")
             continue
         if backend == "jax":
-            _enable_jax_float64()
+            enable_jax_float64()
         print(f"checking {backend} ...", file=sys.stderr, flush=True)
         for engine in engines_for(backend):
             if engines is not None and engine not in engines:
@@ -450,9 +471,10 @@ def run(args: argparse.Namespace) -> int:
             tally = tallies.setdefault((backend, engine, "softmax_loss"), Tally())
             _run_checks(tally, backend, loss_checks(backend, engine, args.seed))
         for group, checks in (("primitives", primitive_checks), ("layers", layer_checks)):
-            _run_checks(tallies.setdefault((backend, "-", group), Tally()), backend, checks(backend, args.seed))
+            tally = tallies.setdefault((backend, "-", group), Tally())
+            _run_checks(tally, backend, checks(backend, args.seed))
         skipped += [f"{backend} {dtype} inputs: the namespace has no {dtype}"
-                    for dtype in TOLERANCES if not _has_dtype(backend, dtype)]
+                    for dtype in CHECKED_DTYPES if not _has_dtype(backend, dtype)]
 
     _print_table(tallies, skipped, verbose=args.verbose)
     if not tallies:
@@ -475,9 +497,8 @@ def _print_table(tallies: dict[tuple[str, str, str], Tally], skipped: list[str],
         )
         for (backend, engine, group), t in tallies.items()
     ]
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    for r in [header, *rows]:
-        print("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
+    for line in format_table(header, rows):
+        print(line)
     for (backend, engine, group), t in tallies.items():
         limit = None if verbose else 5
         for line in t.failures[:limit]:

@@ -17,10 +17,12 @@ __all__ = ["main"]
 
 #: subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "bench": ("xsoftmax.bench", "time softmax_loss forward+backward on every backend, against a copy floor"),
-    "check": ("xsoftmax.check", "check every backend and engine here against a float64 NumPy oracle"),
-    "train": ("xsoftmax._train_cli", "train the seeds' two-layer network on spiral or iris data, on any backend"),
-    "example": ("xsoftmax._example", "print the loss and gradient of a tiny worked example"),
+    "bench": ("xsoftmax._cli.bench",
+              "time softmax_loss forward+backward on every backend, against a copy floor"),
+    "check": ("xsoftmax._cli.check", "check every backend and engine here against a float64 NumPy oracle"),
+    "train": ("xsoftmax._cli.train",
+              "train a two-layer network (CS231n's spiral net, the 4-6-3 iris net) on any backend"),
+    "example": ("xsoftmax._cli.example", "print the loss and gradient of a tiny worked example"),
 }
 
 

@@ -14,7 +14,7 @@ loss) × shape × dtype, one row reports
   workers). The copy moves exactly the bytes a pass must move, so 1.0 is the
   memory floor and 3.0 means "three copies' worth of time";
 * ``max_abs_err``: the largest difference of the loss and of the gradient
-  from a float64 NumPy oracle (:func:`xsoftmax.check.oracle_softmax_loss`);
+  from a float64 NumPy oracle (:func:`xsoftmax._cli.check.oracle_softmax_loss`);
 * ``peak_bytes``: peak extra memory of one call (tracemalloc on the host,
   the CuPy pool on the GPU; ``null`` where neither sees the allocations:
   torch, JAX, the Dask workers).
@@ -26,7 +26,7 @@ allocation (on the host, the kernel zeroing the new output's pages).
 
 The same :func:`make_case`, :func:`make_peer` and :func:`floor` drive the
 ``bench/`` pytest-benchmark suite, and all timing lives in
-:mod:`xsoftmax._timing`.
+:mod:`xsoftmax._cli.timing`.
 """
 
 from __future__ import annotations
@@ -46,7 +46,10 @@ from typing import Any
 
 import numpy as np
 
-from . import _plotting, _timing
+from .._validate import check_positive_int
+from . import plotting, timing
+from .check import enable_jax_float64, engines_for, oracle_softmax_loss
+from .text import choice_list, comma_list, format_table
 
 __all__ = [
     "DEFAULT_SHAPES",
@@ -59,10 +62,13 @@ __all__ = [
     "machine_info",
     "make_case",
     "make_peer",
-    "parse_shape",
     "max_abs_err",
     "naive_softmax_loss",
+    "parse_peers",
+    "parse_shape",
+    "parse_shapes",
     "plan",
+    "print_table",
     "run",
 ]
 
@@ -125,7 +131,7 @@ class Case:
     def peak_bytes(self) -> int | None:
         if self.device == "cpu" and not self.host_traced:
             return None
-        return _timing.peak_bytes(self.fn, device=self.device)
+        return timing.peak_bytes(self.fn, device=self.device)
 
 
 def host_inputs(shape: tuple[int, int], dtype: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -185,7 +191,7 @@ def _dask_case(engine: str, shape: tuple[int, int], dtype: str, *, seed: int, cl
     import xsoftmax as xs
 
     if client is None:
-        raise ValueError("dask rows need a distributed client: use xsoftmax.bench.dask_client()")
+        raise ValueError("dask rows need a distributed client: use xsoftmax._cli.bench.dask_client()")
     s, y = _dask_inputs(shape, dtype, seed, client)
 
     def fn() -> tuple[Any, Any]:
@@ -211,7 +217,7 @@ def gather_blocks(client: Any, x: Any) -> np.ndarray:
     import distributed
     from dask.core import flatten
 
-    futures = [distributed.Future(key, client) for key in flatten(x.__dask_keys__())]
+    futures: list[Any] = [distributed.Future(key, client) for key in flatten(x.__dask_keys__())]
     return np.concatenate(client.gather(futures))
 
 
@@ -322,10 +328,10 @@ def dask_client(n_workers: int = DASK_WORKERS) -> Iterator[Any]:
 
 def floor(
     device: str, shape: tuple[int, int], dtype: str, *, repeat: int, client: Any = None
-) -> _timing.Timing:
-    """The copy floor of ``N×C`` values of ``dtype`` on ``device`` (see :mod:`xsoftmax._timing`)."""
+) -> timing.Timing:
+    """The copy floor of ``N×C`` values of ``dtype`` on ``device`` (see :mod:`xsoftmax._cli.timing`)."""
     if device != "dask":
-        return _timing.copy_floor(device, shape, dtype, repeat=repeat)
+        return timing.copy_floor(device, shape, dtype, repeat=repeat)
     from distributed import wait
 
     s, _ = _dask_inputs(shape, dtype, 0, client)
@@ -335,7 +341,7 @@ def floor(
         # like the gradient is: the floor includes the scheduler's overhead.
         wait(client.persist(_fresh(s).map_blocks(np.copy, dtype=s.dtype)))
 
-    return _timing.copy_floor("dask", shape, dtype, repeat=repeat, copy=copy)
+    return timing.copy_floor("dask", shape, dtype, repeat=repeat, copy=copy)
 
 
 def max_abs_err(case: Case, result: tuple[np.ndarray, np.ndarray], *, block: int = 1 << 20) -> float:
@@ -344,8 +350,6 @@ def max_abs_err(case: Case, result: tuple[np.ndarray, np.ndarray], *, block: int
     The oracle runs on row blocks of about ``block`` values, so checking a
     large batch needs a few float64 blocks of memory, not several full copies.
     """
-    from .check import oracle_softmax_loss
-
     loss, d = result
     scores, y = case.inputs()
     n, c = scores.shape
@@ -381,14 +385,14 @@ class Row:
     peak_bytes: int | None
 
 
-def measure_case(case: Case, shape: tuple[int, int], dtype: str, floor_timing: _timing.Timing,
+def measure_case(case: Case, shape: tuple[int, int], dtype: str, floor_timing: timing.Timing,
                  *, repeat: int) -> Row:
     """Warm-up (its result gives the error), timed repeats, then one traced call for the peak."""
     result = case.result()
     err = max_abs_err(case, result)
     del result
-    timing = _timing.measure(case.fn, repeat=repeat, device=case.device, warmup=0)
-    nbytes = _timing.pass_bytes(shape, np.dtype(dtype).itemsize)
+    timed = timing.measure(case.fn, repeat=repeat, device=case.device, warmup=0)
+    nbytes = timing.pass_bytes(shape, np.dtype(dtype).itemsize)
     return Row(
         backend=case.backend,
         engine=case.engine,
@@ -396,14 +400,14 @@ def measure_case(case: Case, shape: tuple[int, int], dtype: str, floor_timing: _
         shape=f"{shape[0]}x{shape[1]}",
         dtype=dtype,
         device=case.device,
-        median_ms=timing.median * 1e3,
-        spread_ms=timing.spread * 1e3,
-        min_ms=timing.min * 1e3,
+        median_ms=timed.median * 1e3,
+        spread_ms=timed.spread * 1e3,
+        min_ms=timed.min * 1e3,
         repeat=repeat,
-        gbps=_timing.bandwidth_gbps(nbytes, timing.median),
+        gbps=timing.bandwidth_gbps(nbytes, timed.median),
         floor_ms=floor_timing.median * 1e3,
-        floor_gbps=_timing.bandwidth_gbps(nbytes, floor_timing.median),
-        floor_ratio=_timing.floor_ratio(nbytes, timing.median, nbytes, floor_timing.median),
+        floor_gbps=timing.bandwidth_gbps(nbytes, floor_timing.median),
+        floor_ratio=timing.floor_ratio(nbytes, timed.median, nbytes, floor_timing.median),
         max_abs_err=err,
         peak_bytes=case.peak_bytes(),
     )
@@ -476,38 +480,28 @@ def parse_shape(text: str, names: str = "NxC") -> tuple[int, ...]:
     return dims
 
 
-def _shapes(text: str) -> list[tuple[int, ...]]:
-    return [parse_shape(t) for t in text.split(",") if t.strip()]
-
-
-def _names(choices: tuple[str, ...]) -> Callable[[str], list[str]]:
-    def parse(text: str) -> list[str]:
-        names = [t.strip() for t in text.split(",") if t.strip()]
-        bad = [t for t in names if t not in choices]
-        if bad:
-            raise argparse.ArgumentTypeError(f"unknown {', '.join(bad)}; choose from {', '.join(choices)}")
-        return names
-
-    return parse
+def parse_shapes(text: str) -> list[tuple[int, ...]]:
+    """``"64x10,32x100"`` -> ``[(64, 10), (32, 100)]`` (each as :func:`parse_shape`)."""
+    return [parse_shape(t) for t in comma_list(text)]
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    from ._backend import BACKENDS
+    from .._backend import BACKENDS
 
     shapes = ",".join(f"{n}x{c}" for n, c in DEFAULT_SHAPES)
-    parser.add_argument("--backends", type=_names(BACKENDS),
+    parser.add_argument("--backends", type=choice_list(BACKENDS),
                         help=f"comma-separated backends (default: every available one but "
                              f"{', '.join(NOT_BY_DEFAULT)})")
-    parser.add_argument("--engines", type=_names(("reference", "fused", "fused-out")),
+    parser.add_argument("--engines", type=choice_list(("reference", "fused", "fused-out")),
                         help="comma-separated engines (default: reference, and fused where the backend "
                              "has one); fused-out: the fused engine writing into a reused out= buffer "
                              f"({', '.join(OUT_BUFFER_BACKENDS)})")
-    parser.add_argument("--shapes", type=_shapes, default=list(DEFAULT_SHAPES),
+    parser.add_argument("--shapes", type=parse_shapes, default=list(DEFAULT_SHAPES),
                         help=f"comma-separated NxC shapes (default: {shapes})")
-    parser.add_argument("--dtype", type=_names(DTYPES), default=["float32"],
+    parser.add_argument("--dtype", type=choice_list(DTYPES), default=["float32"],
                         help="comma-separated dtypes: float32, float64, float16 (default: float32)")
     parser.add_argument("--repeat", type=int, default=5, help="timed calls per row (default: 5)")
-    parser.add_argument("--peers", nargs="?", type=_peer_names, const=list(PEERS), default=None,
+    parser.add_argument("--peers", nargs="?", type=parse_peers, const=list(PEERS), default=None,
                         help="compare with peers: a comma-separated list of "
                              f"{', '.join(PEERS)}, 'all' (also what a bare --peers means) or 'none'; "
                              "default: all installed peers without --backends, none with it")
@@ -516,10 +510,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default: 0)")
 
 
-def _peer_names(text: str) -> list[str]:
+def parse_peers(text: str) -> list[str]:
+    """``--peers`` and ``XSOFTMAX_BENCH_PEERS``: a comma list of :data:`PEERS`, ``all`` or ``none``."""
     if text in ("all", "none"):
         return list(PEERS) if text == "all" else []
-    return _names(tuple(PEERS))(text)
+    return choice_list(tuple(PEERS))(text)
 
 
 def plan(
@@ -535,8 +530,7 @@ def plan(
     ``peers=None`` means every installed peer then, none when ``backends`` is
     given. Shared by the CLI and the ``bench/`` suite.
     """
-    from ._backend import BACKENDS
-    from .check import engines_for
+    from .._backend import BACKENDS
 
     skipped = []
     pairs = []
@@ -569,10 +563,12 @@ def _progress(i: int, total: int, label: str, note: str = "") -> None:
 def run(args: argparse.Namespace) -> int:
     import xsoftmax as xs
 
-    if args.repeat < 1:
-        print("xsoftmax bench: --repeat must be at least 1", file=sys.stderr)
+    try:
+        check_positive_int(args.repeat, "--repeat")
+    except ValueError as exc:
+        print(f"xsoftmax bench: {exc}", file=sys.stderr)
         return 2
-    if args.plot and (problem := _plotting.missing("bench")):
+    if args.plot and (problem := plotting.missing("bench")):
         print(problem, file=sys.stderr)  # before a minute of measuring, not after
         return 2
 
@@ -580,13 +576,11 @@ def run(args: argparse.Namespace) -> int:
     status = xs.available_backends()
     pairs, peers, skipped = plan(status, backends=args.backends, engines=args.engines, peers=args.peers)
     if "float64" in args.dtype and ("jax" in peers or any(b == "jax" for b, _ in pairs)):
-        from .check import _enable_jax_float64
-
-        _enable_jax_float64()
+        enable_jax_float64()
     units = [(shape, dtype, item) for shape in args.shapes for dtype in args.dtype
              for item in [*pairs, *((None, p) for p in peers)]]
     rows: list[Row] = []
-    floors: dict[tuple[str, tuple[int, int], str], _timing.Timing] = {}
+    floors: dict[tuple[str, tuple[int, int], str], timing.Timing] = {}
     with contextlib.ExitStack() as stack:
         client = None
         if any(b == "dask" for b, _ in pairs):
@@ -619,7 +613,7 @@ def run(args: argparse.Namespace) -> int:
             "floors": [
                 {"device": d, "shape": f"{s[0]}x{s[1]}", "dtype": t, "median_ms": f.median * 1e3,
                  "spread_ms": f.spread * 1e3,
-                 "gbps": _timing.bandwidth_gbps(_timing.pass_bytes(s, np.dtype(t).itemsize), f.median)}
+                 "gbps": timing.bandwidth_gbps(timing.pass_bytes(s, np.dtype(t).itemsize), f.median)}
                 for (d, s, t), f in floors.items()
             ],
             "skipped": skipped,
@@ -634,7 +628,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _measure_unit(backend: str | None, name: str, shape: tuple[int, int], dtype: str,
-                  floors: dict[tuple[str, tuple[int, int], str], _timing.Timing], *,
+                  floors: dict[tuple[str, tuple[int, int], str], timing.Timing], *,
                   args: argparse.Namespace, client: Any) -> Row:
     """One row; its input buffers are freed on return, before the next row allocates."""
     if backend is None:
@@ -659,11 +653,12 @@ def _json_default(value: Any) -> Any:
 def _fmt_bytes(n: int | None) -> str:
     if n is None:
         return "n/a"
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
+    size = float(n)
+    for unit in ("B", "KiB", "MiB"):
+        if size < 1024:
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GiB"
 
 
 def print_table(rows: list[Row], floors: dict, skipped: list[str], elapsed: float) -> None:
@@ -674,18 +669,13 @@ def print_table(rows: list[Row], floors: dict, skipped: list[str], elapsed: floa
          f"{r.gbps:.1f}", f"{r.floor_ratio:.2f}", f"{r.max_abs_err:.1e}", _fmt_bytes(r.peak_bytes))
         for r in rows
     ]
-    widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
-    numeric = set(range(4, len(header)))
-    fmt = lambda r: "  ".join(v.rjust(w) if i in numeric else v.ljust(w)  # noqa: E731
-                              for i, (v, w) in enumerate(zip(r, widths))).rstrip()
-    print(fmt(header))
-    print("  ".join("-" * w for w in widths))
-    for r in body:
-        print(fmt(r))
+    for line in format_table(header, body, right=range(4, len(header)), rule=True):
+        print(line)
     print()
     for (device, shape, dtype), t in floors.items():
-        gbps = _timing.bandwidth_gbps(_timing.pass_bytes(shape, np.dtype(dtype).itemsize), t.median)
-        print(f"copy floor {device:<4} {shape[0]}x{shape[1]} {dtype}: {t.median * 1e3:.2f} ms ({gbps:.1f} GB/s)")
+        gbps = timing.bandwidth_gbps(timing.pass_bytes(shape, np.dtype(dtype).itemsize), t.median)
+        n, c = shape
+        print(f"copy floor {device:<4} {n}x{c} {dtype}: {t.median * 1e3:.2f} ms ({gbps:.1f} GB/s)")
     for line in skipped:
         print(f"skipped {line}")
     print(f"x floor = median time / time of a plain copy of the same bytes on the same device "
@@ -699,7 +689,7 @@ def plot(rows: list[Row], path: str) -> None:
     and ratios read as equal distances. Copy floors are black, one line style
     per device.
     """
-    plt = _plotting.pyplot()
+    plt = plotting.pyplot()
     several_dtypes = len({r.dtype for r in rows}) > 1
     series: dict[str, list[tuple[int, float, float]]] = {}
     floors: dict[tuple[str, str], set[tuple[int, float]]] = {}
@@ -710,12 +700,12 @@ def plot(rows: list[Row], path: str) -> None:
         floors.setdefault((r.device, r.dtype), set()).add((c, r.floor_gbps))
     fig, (bw, ratio) = plt.subplots(1, 2, figsize=(15, 5.5), layout="constrained")
     for label, points in series.items():
-        cs, gbps, ratios = zip(*sorted(points))
+        cs, gbps, ratios = zip(*sorted(points), strict=True)
         bw.plot(cs, gbps, marker="o", label=label)
         ratio.plot(cs, ratios, marker="o", label=label)
     styles = {"cpu": "--", "cuda": "-.", "dask": ":"}
-    for (device, dtype), points in floors.items():
-        cs, gbps = zip(*sorted(points))
+    for (device, dtype), copies in floors.items():
+        cs, gbps = zip(*sorted(copies), strict=True)
         bw.plot(cs, gbps, linestyle=styles.get(device, "--"), color="black", marker="x",
                 label=f"copy floor ({device}{f' {dtype}' if several_dtypes else ''})")
     ratio.axhline(1.0, color="black", linestyle="--")
