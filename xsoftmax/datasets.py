@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.resources
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -192,7 +193,7 @@ def iris(
 
 
 #: name -> loader; each loader takes ``seed``, ``backend`` and ``dtype`` keywords.
-DATASETS = {"iris": iris, "spiral": spiral}
+DATASETS: dict[str, Callable[..., Dataset]] = {"iris": iris, "spiral": spiral}
 
 
 def load(name: str, **kwargs: Any) -> Dataset:
