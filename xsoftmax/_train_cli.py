@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from . import _plotting
+from ._backend import usable_namespace
 
 __all__ = ["DEFAULTS", "configure", "run"]
 
@@ -105,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     s = _settings(args)
     try:
+        usable_namespace(args.backend)  # an unusable GPU is one line here, not a CUDA traceback later
         data = datasets.load(args.data, seed=args.seed, backend=args.backend, dtype=args.dtype)
         # Every value explicit: the library's defaults are CS231n's (CIFAR-10 sizes) and may move.
         model = nets.TwoLayerNet(

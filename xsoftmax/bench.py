@@ -579,6 +579,10 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     status = xs.available_backends()
     pairs, peers, skipped = plan(status, backends=args.backends, engines=args.engines, peers=args.peers)
+    unusable = [f"{b}: {status[b]}" for b in args.backends or () if status[b] != "ok"]
+    if unusable and not pairs and not peers:  # every backend asked for is unusable: one line, no table
+        print(f"xsoftmax bench: no backend to measure: {'; '.join(unusable)}", file=sys.stderr)
+        return 2
     if "float64" in args.dtype and ("jax" in peers or any(b == "jax" for b, _ in pairs)):
         from .check import _enable_jax_float64
 
