@@ -228,11 +228,11 @@ def usable_namespace(name: str) -> ArrayNamespace:
     not just an importable library, so the failure comes here, at once,
     rather than as a CUDA error from the first array.
     """
-    name = _check_name(name)
+    xp = get_namespace(_check_name(name))  # not installed: get_namespace's message
     status = _probe(name)
     if status != "ok":
         raise ValueError(f"backend {name!r} is not usable here: {status}; see xsoftmax.available_backends()")
-    return _import_backend(name)
+    return xp
 
 
 def get_backend() -> str:
