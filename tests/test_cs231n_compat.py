@@ -283,3 +283,13 @@ def test_print_every_counts_iterations():
     solver.train()
     iterations = [line.split(")")[0] for line in out.getvalue().splitlines() if line.startswith("(Iteration")]
     assert iterations == ["(Iteration 1 / 6", "(Iteration 3 / 6", "(Iteration 5 / 6"]
+
+
+def test_verbose_prints_each_entry_as_cs231n_does(capsys):
+    x = np.array([[1.0, 2.0]])
+    g = numerical_gradient(lambda _: float(np.sum(x**2)), x, verbose=False, h=1e-5)
+    assert capsys.readouterr().out == ""
+    numerical_gradient(lambda _: float(np.sum(x**2)), x, verbose=True)
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(")")[0] + ")" for line in lines] == ["(0, 0)", "(0, 1)"]
+    assert [float(line.split(")")[1]) for line in lines] == pytest.approx(xs.to_numpy(g).ravel().tolist())

@@ -84,9 +84,20 @@ def _store(target: Any, index: tuple[int, ...], value: float) -> float:
     return float(to_numpy(target[index]))
 
 
-def numerical_gradient(f: Callable[[Array], Any], x: Array, *, h: float = 1e-5) -> Array:
-    """Gradient of a scalar function ``f`` at ``x``, same shape and namespace as ``x`` (float64)."""
-    return numerical_gradient_array(f, x, None, h=h)
+def numerical_gradient(
+    f: Callable[[Array], Any], x: Array, *, h: float = 1e-5, verbose: bool = False
+) -> Array:
+    """Gradient of a scalar function ``f`` at ``x``, same shape and namespace as ``x`` (float64).
+
+    CS231n's ``eval_numerical_gradient(f, x, verbose=True, h=1e-5)``; with
+    ``verbose`` each entry is printed as it is found (``(i, j) value``).
+    """
+    grad = numerical_gradient_array(f, x, None, h=h)
+    if verbose:
+        host = to_numpy(grad)
+        for index in np.ndindex(host.shape):
+            print(index, host[index])
+    return grad
 
 
 def numerical_gradient_array(
