@@ -293,3 +293,11 @@ def test_verbose_prints_each_entry_as_cs231n_does(capsys):
     lines = capsys.readouterr().out.splitlines()
     assert [line.split(")")[0] + ")" for line in lines] == ["(0, 0)", "(0, 1)"]
     assert [float(line.split(")")[1]) for line in lines] == pytest.approx(xs.to_numpy(g).ravel().tolist())
+
+
+def test_read_only_numpy_array_is_differenced_out_of_place():
+    x = np.array([1.0, -2.0])
+    x.flags.writeable = False
+    with pytest.warns(NotInPlaceWarning, match="x is read-only and cannot be changed in place"):
+        g = numerical_gradient(lambda v: np.sum(v**2), x)
+    np.testing.assert_allclose(g, [2.0, -4.0], rtol=1e-8)

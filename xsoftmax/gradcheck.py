@@ -117,8 +117,9 @@ def numerical_gradient_array(
     d = None if dout is None else to_numpy(dout).astype(np.float64)
     target = _writable(x, name)
     if target is None:
+        what = f"{name} arrays cannot" if name not in IN_PLACE_BACKENDS else "x is read-only and cannot"
         warnings.warn(
-            f"numerical_gradient: {name} arrays cannot be changed in place, so f gets perturbed "
+            f"numerical_gradient: {what} be changed in place, so f gets perturbed "
             f"copies of x and must compute from its argument; a function that ignores it (CS231n's "
             f"`lambda _: model.loss(X, y)[0]`) gives a zero gradient. Write "
             f"`lambda w: loss_with(w)` instead",
@@ -127,7 +128,7 @@ def numerical_gradient_array(
         )
         grad, outputs = _out_of_place(f, xp, x, d, h)
         cause = (
-            f"{name} arrays cannot be changed in place, so f must compute from its argument "
+            f"{what} be changed in place, so f must compute from its argument "
             f"rather than read the parameter itself"
         )
     else:
