@@ -8,7 +8,6 @@ float64 enabled so it can be held to the float64 reference.
 from __future__ import annotations
 
 import functools
-import os
 import tempfile
 
 import pytest
@@ -58,7 +57,10 @@ def dask_temporary_directory():
     temporary directory. The environment variable reaches worker processes
     and command lines run in a subprocess.
     """
-    with tempfile.TemporaryDirectory(prefix="xsoftmax-tests-dask-") as path, pytest.MonkeyPatch.context() as mp:
+    with (
+        tempfile.TemporaryDirectory(prefix="xsoftmax-tests-dask-") as path,
+        pytest.MonkeyPatch.context() as mp,
+    ):
         mp.setenv("DASK_TEMPORARY_DIRECTORY", path)
         try:
             import dask
