@@ -8,6 +8,7 @@ float64 enabled so it can be held to the float64 reference.
 from __future__ import annotations
 
 import functools
+import tempfile
 
 import pytest
 
@@ -46,3 +47,25 @@ def backend(request) -> str:
 def xp(backend):
     """The Array API namespace of each available backend."""
     return get_namespace(backend)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def dask_temporary_directory():
+    """Dask's scratch space (a LocalCluster's ``dask-scratch-space``) in a directory removed at the end.
+
+    Without it every cluster leaves ``dask-scratch-space`` in the system
+    temporary directory. The environment variable reaches worker processes
+    and command lines run in a subprocess.
+    """
+    with (
+        tempfile.TemporaryDirectory(prefix="xsoftmax-tests-dask-") as path,
+        pytest.MonkeyPatch.context() as mp,
+    ):
+        mp.setenv("DASK_TEMPORARY_DIRECTORY", path)
+        try:
+            import dask
+        except ImportError:
+            yield path
+            return
+        with dask.config.set({"temporary-directory": path}):
+            yield path

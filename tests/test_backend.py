@@ -22,7 +22,7 @@ def test_available_backends_reports_every_backend():
     for name, reason in status.items():
         assert isinstance(reason, str) and reason
         if reason != "ok":
-            assert reason.startswith(("not installed", "no CUDA device", "import failed")), reason
+            assert reason.startswith(("not installed", "no CUDA", "import failed")), reason
 
 
 def test_available_backends_matches_imports():
@@ -40,8 +40,8 @@ def test_cupy_without_device_reports_cupys_reason():
     reason = xs.available_backends()["cupy"]
     if reason == "ok":
         pytest.skip("a CUDA device is present")
-    assert reason.startswith("no CUDA device: ")
-    assert len(reason) > len("no CUDA device: ")
+    assert reason.startswith("no CUDA")
+    assert "driver" in reason or "device" in reason
 
 
 def test_default_backend_is_numpy():

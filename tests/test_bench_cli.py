@@ -336,3 +336,28 @@ def test_numpy_floor_prints_engine_and_bare_ratios(capsys, monkeypatch):
     assert "64x10 float32, 2 threads" in out
     assert "NumPy engine (fused)" in out
     assert out.count("bare calls") == 2 and "x floor" in out
+
+
+def _row(backend, engine, shape, gbps, ratio, dtype="float32"):
+    return bench.Row(backend=backend, engine=engine, kind="xsoftmax", shape=shape, dtype=dtype, device="cpu",
+                     median_ms=1.0, spread_ms=0.1, min_ms=0.9, repeat=3, gbps=gbps, floor_ms=0.5,
+                     floor_gbps=20.0, floor_ratio=ratio, max_abs_err=0.0, peak_bytes=None)
+
+
+def test_plot_of_one_shape_is_a_bar_chart_and_of_several_a_line_chart():
+    """One shape on log axes would be lone dots: a bar per backend/engine, fastest on top, values printed."""
+    pytest.importorskip("matplotlib")
+    plt = bench._plotting.pyplot()
+    rows = [_row("numpy", "fused", "4096x1000", 8.0, 2.5), _row("torch", "reference", "4096x1000", 1.0, 20.0),
+            _row("jax", "reference", "4096x1000", 2.0, 10.0)]
+    fig = bench.figure(rows)
+    bw, ratio = fig.axes
+    assert [round(p.get_width(), 6) for p in bw.patches] == [1.0, 2.0, 8.0]  # bottom to top
+    assert [round(p.get_width(), 6) for p in ratio.patches] == [20.0, 10.0, 2.5]
+    assert [t.get_text() for t in bw.get_yticklabels()] == ["torch reference", "jax reference", "numpy fused"]
+    assert bw.get_xscale() == "linear" and "4096x1000" in fig._suptitle.get_text()
+    assert any("copy floor" in t.get_text() for t in bw.get_legend().get_texts())
+    plt.close(fig)
+    lines = bench.figure(rows + [_row("numpy", "fused", "4096x10000", 9.0, 2.2)])
+    assert lines.axes[0].get_xscale() == "log" and not lines.axes[0].patches
+    plt.close(lines)

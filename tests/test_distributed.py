@@ -26,15 +26,30 @@ ROWS = 64
 
 
 @pytest.fixture(scope="module")
-def client():
+def client(dask_temporary_directory):
     with distributed.LocalCluster(
         n_workers=2,
         threads_per_worker=1,
         processes=True,
         dashboard_address=None,
         memory_limit="1GiB",
+        local_directory=dask_temporary_directory,  # not /tmp/dask-scratch-space, which would stay
     ) as cluster, distributed.Client(cluster) as c:
         yield c
+
+
+def test_cluster_scratch_space_is_removed_with_the_tests(client, dask_temporary_directory):
+    """Workers keep their files under the session's temporary directory, which is deleted at the end."""
+    import os
+    import tempfile
+
+    dirs = client.run(lambda dask_worker: dask_worker.local_directory)
+    assert len(dirs) == 2
+    for path in dirs.values():
+        assert os.path.commonpath([path, dask_temporary_directory]) == dask_temporary_directory
+    assert dask.config.get("temporary-directory") == dask_temporary_directory
+    assert os.path.dirname(dask_temporary_directory) == tempfile.gettempdir()
+    assert os.path.basename(dask_temporary_directory).startswith("xsoftmax-tests-dask-")
 
 
 def _scheduler_keys(client) -> set:

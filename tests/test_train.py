@@ -81,13 +81,14 @@ def test_solver_learns_and_records_history():
     solver.train()
     # 60 rows in batches of 25: 3 steps per epoch, the last one of 10 rows.
     assert len(solver.loss_history) == 30 * 3
-    assert len(solver.train_acc_history) == len(solver.val_acc_history) == 30
+    # CS231n's histories: the untrained model's accuracy, then one per epoch.
+    assert len(solver.train_acc_history) == len(solver.val_acc_history) == 31
     assert abs(solver.loss_history[0] - np.log(3)) < 0.1
     assert solver.loss_history[-1] < 0.7 * solver.loss_history[0]
     assert solver.train_acc_history[-1] > 0.6  # chance is 1/3
     # The model ends with the parameters of the best validation epoch.
     assert solver.best_val_acc == max(solver.val_acc_history)
-    last_best = max(e for e, a in enumerate(solver.val_acc_history, start=1) if a == solver.best_val_acc)
+    last_best = max(e for e, a in enumerate(solver.val_acc_history) if a == solver.best_val_acc)
     assert solver.best_epoch == last_best  # ties go to the later, longer-trained epoch
     assert solver.check_accuracy(data.X_val, data.y_val) == solver.best_val_acc
     assert all(solver.model.params[k] is solver.best_params[k] for k in solver.best_params)
@@ -137,12 +138,23 @@ def test_custom_rule_and_train_subset():
 
 
 def test_progress_display():
+    """CS231n's lines: a loss line every print_every iterations, an accuracy line per epoch."""
     out = io.StringIO()
-    solver, _ = _tiny(verbose=True, stream=out, num_epochs=20, print_every=5)
+    solver, _ = _tiny(verbose=True, stream=out, num_epochs=4, print_every=5)
     solver.train()
     lines = out.getvalue().splitlines()
-    assert [line.split()[1] for line in lines] == ["1/20", "5/20", "10/20", "15/20", "20/20"]
-    assert "train acc" in lines[-1] and "val acc" in lines[-1] and "loss" in lines[-1]
+    # 4 epochs × 3 steps = 12 iterations: loss lines at iterations 1, 6 and 11.
+    iterations = [line for line in lines if line.startswith("(Iteration")]
+    assert [line.split(")")[0] for line in iterations] == ["(Iteration 1 / 12", "(Iteration 6 / 12",
+                                                          "(Iteration 11 / 12"]
+    assert iterations[0].split("loss: ")[1] == f"{solver.loss_history[0]:f}"
+    epochs = [line for line in lines if line.startswith("(Epoch")]
+    assert [line.split(")")[0] for line in epochs] == [f"(Epoch {e} / 4" for e in range(5)]
+    assert f"val_acc: {solver.val_acc_history[-1]:f}" in epochs[-1]
+    thinned = io.StringIO()
+    _tiny(verbose=True, stream=thinned, num_epochs=5, print_every=100, print_epoch_every=2)[0].train()
+    assert [line.split(")")[0] for line in thinned.getvalue().splitlines() if "Epoch" in line] == [
+        "(Epoch 0 / 5", "(Epoch 2 / 5", "(Epoch 4 / 5", "(Epoch 5 / 5"]
     quiet = io.StringIO()
     _tiny(verbose=False, stream=quiet)[0].train()
     assert quiet.getvalue() == ""
@@ -151,7 +163,9 @@ def test_progress_display():
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        (dict(update_rule="rmsprop"), "update_rule must be one of"),
+        (dict(update_rule="rmsprop2"), "update_rule must be one of"),
+        (dict(print_every=0), "print_every"),
+        (dict(num_val_samples=0), "num_val_samples"),
         (dict(batch_size=0), "batch_size"),
         (dict(num_epochs=1.5), "num_epochs"),
         (dict(lr_decay=0.0), "lr_decay"),
@@ -172,7 +186,7 @@ def test_missing_data_field():
 def test_same_seed_same_numbers_on_every_backend(xp, rule):
     """Data, weights and batch order all come from host generators: every backend
     follows the NumPy run up to float64 rounding."""
-    lr = {"sgd": 0.5, "sgd_momentum": 0.2, "adam": 5e-2}[rule]
+    lr = {"sgd": 0.5, "sgd_momentum": 0.2, "adam": 5e-2, "rmsprop": 1e-2}[rule]
     kw = dict(update_rule=rule, optim_config={"learning_rate": lr}, num_epochs=2)
     ref, _ = _tiny(**kw)
     here, _ = _tiny(backend=backend_name(xp), **kw)

@@ -157,6 +157,41 @@ def get_namespace(name: str | None = None) -> ArrayNamespace:
         ) from exc
 
 
+def _has_cuda_driver() -> bool:
+    """Whether an NVIDIA driver (``libcuda``) can be loaded on this machine."""
+    import ctypes
+    import sys
+
+    names = ("nvcuda.dll",) if sys.platform == "win32" else ("libcuda.so.1", "libcuda.so")
+    for lib in names:
+        try:
+            ctypes.CDLL(lib)
+        except OSError:
+            continue
+        return True
+    return False
+
+
+def cuda_error_reason(exc: BaseException) -> str:
+    """What a CuPy/CUDA runtime error at start-up means, in words a user can act on.
+
+    CUDA reports a machine with no NVIDIA driver at all as
+    ``cudaErrorInsufficientDriver`` (the runtime finds no driver, so none is
+    new enough), which reads as "update your driver" on a CPU-only machine.
+    """
+    text = f"{type(exc).__name__}: {exc}" if not str(exc).startswith("cuda") else str(exc)
+    if "InsufficientDriver" in text or "insufficient for CUDA runtime" in text:
+        if not _has_cuda_driver():
+            return "no CUDA driver or device found (no NVIDIA driver is installed on this machine)"
+        return (
+            f"no CUDA device: the NVIDIA driver is older than CuPy's CUDA runtime ({text}); update "
+            f"the driver or install the CuPy wheel for its CUDA major version (cupy-cuda12x)"
+        )
+    if "NoDevice" in text:
+        return "no CUDA driver or device found (the NVIDIA driver sees no GPU)"
+    return f"no CUDA device: {text}"
+
+
 def _probe(name: str) -> str:
     """ "ok" if backend ``name`` works here, else the reason it does not."""
     try:
@@ -171,9 +206,9 @@ def _probe(name: str) -> str:
         try:
             count = cupy.cuda.runtime.getDeviceCount()
         except Exception as exc:  # CUDARuntimeError, driver missing, ...
-            return f"no CUDA device: {exc}"
+            return cuda_error_reason(exc)
         if count < 1:
-            return "no CUDA device: cudaGetDeviceCount returned 0"
+            return "no CUDA driver or device found (cudaGetDeviceCount returned 0)"
     return "ok"
 
 
@@ -186,21 +221,42 @@ def available_backends() -> dict[str, str]:
     return {name: _probe(name) for name in BACKENDS}
 
 
+def usable_namespace(name: str) -> ArrayNamespace:
+    """The namespace of backend ``name`` if it works here, else ``ValueError`` with the reason.
+
+    Stricter than :func:`get_namespace`: a GPU backend needs a usable device,
+    not just an importable library, so the failure comes here, at once,
+    rather than as a CUDA error from the first array.
+    """
+    xp = get_namespace(_check_name(name))  # not installed: get_namespace's message
+    status = _probe(name)
+    if status != "ok":
+        raise ValueError(f"backend {name!r} is not usable here: {status}; see xsoftmax.available_backends()")
+    return xp
+
+
 def get_backend() -> str:
     """The current default backend's name (context-local)."""
     return _default.get()
 
 
 def set_backend(name: str) -> None:
-    """Set the default backend for new arrays in the current context."""
-    get_namespace(_check_name(name))
+    """Set the default backend for new arrays in the current context.
+
+    Raises ``ValueError`` with the reason :func:`available_backends` gives
+    when the backend cannot be used here (not installed, no CUDA device).
+    """
+    usable_namespace(name)
     _default.set(name)
 
 
 @contextlib.contextmanager
 def use_backend(name: str) -> Iterator[ArrayNamespace]:
-    """Temporarily make ``name`` the default backend; yields its namespace."""
-    xp = get_namespace(_check_name(name))
+    """Temporarily make ``name`` the default backend; yields its namespace.
+
+    Raises ``ValueError`` at once when the backend cannot be used here.
+    """
+    xp = usable_namespace(name)
     token = _default.set(name)
     try:
         yield xp

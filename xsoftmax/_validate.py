@@ -215,7 +215,14 @@ def check_loss_inputs(
     if not isinstance(reduction, str) or reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
     if not isinstance(engine, str) or engine not in ENGINES:
-        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+        device_hint = ""
+        if isinstance(engine, str) and engine.lower() in ("cuda", "gpu", "cupy", "cpu", "numpy", "torch"):
+            device_hint = (
+                "; engines are not chosen by device: the GPU (fused CUDA) engine runs when the scores "
+                "are CuPy arrays (xs.asarray(scores, backend='cupy')), the threaded CPU engine when "
+                "they are NumPy arrays"
+            )
+        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}{device_hint}")
     # numbers.Real / Integral: NumPy scalars (np.float32(0.1), np.int64(-100)) are fine too.
     if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, numbers.Real):
         raise TypeError(f"label_smoothing must be a float in [0, 1], got {label_smoothing!r}")
@@ -236,9 +243,18 @@ def check_loss_inputs(
     if _known(c) and c < 1:
         raise ValueError(f"scores must have at least one class (C >= 1), got shape {_shape(scores)}")
     if y.ndim != 1:
-        raise ValueError(f"y must be 1-D with shape (N,) = ({n},), got shape {_shape(y)}")
+        one_hot = ""
+        if y.ndim == 2 and _shape(y) == _shape(scores):
+            one_hot = (
+                "; y looks like one-hot rows of shape (N, C): pass the class indices, "
+                "y.argmax(axis=1)"
+            )
+        raise ValueError(f"y must be 1-D with shape (N,) = ({n},), got shape {_shape(y)}{one_hot}")
     if xp.isdtype(y.dtype, "bool") or not xp.isdtype(y.dtype, "integral"):
-        raise TypeError(f"y must have an integer dtype, got {y.dtype}")
+        cast = ""
+        if xp.isdtype(y.dtype, "real floating"):
+            cast = "; cast labels stored as floats with y.astype(np.int64) (or xp.astype(y, xp.int64))"
+        raise TypeError(f"y must have an integer dtype, got {y.dtype}{cast}")
     if _known(n) and _known(y.shape[0]) and y.shape[0] != n:
         raise ValueError(
             f"y must have one label per row of scores: scores has N = {n} rows, "

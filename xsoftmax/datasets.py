@@ -33,8 +33,13 @@ class Dataset:
     """A classification data set split into training and validation rows.
 
     ``X_*`` are ``(N, D)`` floating arrays and ``y_*`` ``(N,)`` int64 labels
-    in ``[0, C)``, all on one backend.
+    in ``[0, C)``, all on one backend. The arrays can also be read as in
+    CS231n's ``data`` dict: ``data["X_train"]``, ``data.keys()``,
+    ``data.items()``.
     """
+
+    #: The array fields, in CS231n's order: the keys of the dict view.
+    KEYS = ("X_train", "y_train", "X_val", "y_val")
 
     name: str
     X_train: Array
@@ -51,6 +56,17 @@ class Dataset:
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    def __getitem__(self, key: str) -> Array:
+        if key not in self.KEYS:
+            raise KeyError(f"{key!r}: a Dataset's arrays are {', '.join(self.KEYS)}")
+        return getattr(self, key)
+
+    def keys(self) -> tuple[str, ...]:
+        return self.KEYS
+
+    def items(self) -> list[tuple[str, Array]]:
+        return [(key, getattr(self, key)) for key in self.KEYS]
 
 
 def _on_backend(

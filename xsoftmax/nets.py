@@ -57,17 +57,24 @@ class FullyConnectedNet:
 
     Inputs:
 
+    The arguments, their order and their defaults are CS231n's (assignment
+    2), for CIFAR-10 rows of ``3·32·32`` features and 10 classes:
+
     - ``hidden_dims``: widths ``(H_1, …, H_{L−1})`` of the hidden layers
       (at least one).
     - ``input_dim``: ``D``, the number of features of each input row.
     - ``num_classes``: ``C``.
+    - ``dropout_keep_ratio``, ``normalization``: accepted for CS231n's
+      signature; only their "off" values (1 and None) are supported.
+    - ``reg``: L2 strength (``½·reg·ΣW²`` in the loss).
     - ``weight_scale``: weights start as ``weight_scale · N(0, 1)``, biases
       as 0.
-    - ``reg``: L2 strength (``½·reg·ΣW²`` in the loss).
-    - ``backend``: where ``params`` live (default: the current backend).
     - ``dtype``: a dtype name ("float32", "float64") or a dtype of the
-      backend.
-    - ``seed``: seed of the host generator that draws the weights.
+      backend (``np.float64`` on NumPy).
+    - ``seed``: seed of the host generator that draws the weights (CS231n
+      seeds dropout with it; here it seeds the weights).
+    - ``backend`` (keyword only): where ``params`` live (default: the
+      current backend).
 
     ``params`` maps ``"W1"``, ``"b1"``, …, ``"WL"``, ``"bL"`` to arrays of
     shape ``(D, H_1)``, ``(H_1,)``, …, ``(H_{L−1}, C)``, ``(C,)``.
@@ -76,15 +83,26 @@ class FullyConnectedNet:
     def __init__(
         self,
         hidden_dims: Sequence[int],
-        *,
-        input_dim: int,
-        num_classes: int,
-        weight_scale: float = 1e-3,
+        input_dim: int = 3 * 32 * 32,
+        num_classes: int = 10,
+        dropout_keep_ratio: float = 1,
+        normalization: str | None = None,
         reg: float = 0.0,
-        backend: str | None = None,
+        weight_scale: float = 1e-2,
         dtype: Any = "float32",
         seed: int | None = None,
+        *,
+        backend: str | None = None,
     ) -> None:
+        # CS231n's signature, in its order; dropout and batch/layer norm are not layers here.
+        if dropout_keep_ratio != 1:
+            raise ValueError(
+                f"dropout_keep_ratio must be 1 (xsoftmax has no dropout layer), got {dropout_keep_ratio!r}"
+            )
+        if normalization is not None:
+            raise ValueError(
+                f"normalization must be None (xsoftmax has no batch or layer norm), got {normalization!r}"
+            )
         if isinstance(hidden_dims, (int, np.integer)) or not isinstance(hidden_dims, Sequence):
             raise ValueError(f"hidden_dims must be a sequence of widths, got {hidden_dims!r}")
         if len(hidden_dims) == 0:
@@ -108,12 +126,24 @@ class FullyConnectedNet:
     def _layer(self, layer: int) -> tuple[Array, Array]:
         return self.params[f"W{layer}"], self.params[f"b{layer}"]
 
-    def loss(self, X: Array, y: Array | None = None) -> Any:
+    def loss(self, X: Array, y: Array | None = None, reg: Any = None) -> Any:
         """Class scores ``(N, C)`` if ``y`` is None, else ``(loss, grads)``.
 
         ``loss`` is a 0-d array of the parameters' namespace; ``grads`` has
-        the keys and shapes of ``params``.
+        the keys and shapes of ``params``. ``reg`` is not an argument here
+        (CS231n's assignment 1 passed it to ``loss``): set it in the
+        constructor, where it is ``½·reg·ΣW²``.
         """
+        if reg is not None:
+            name = type(self).__name__
+            hint = ""
+            if isinstance(reg, (int, float)) and not isinstance(reg, bool):
+                hint = (f"; the penalty is 0.5*reg*sum(W**2), so CS231n assignment 1's "
+                        f"reg*sum(W**2) with reg={reg!r} is reg={2 * reg!r} here")
+            raise TypeError(
+                f"{name}.loss() takes no reg (got reg={reg!r}): set the L2 strength in the "
+                f"constructor, {name}(..., reg=...), or as net.reg = ...{hint}"
+            )
         h = X
         caches: list[Any] = []  # affine_relu caches, then the last affine layer's
         for layer in range(1, self.num_layers):
@@ -150,16 +180,19 @@ class TwoLayerNet(FullyConnectedNet):
     ``dW2 = hᵀ dscores + reg·W2``, ``db2 = Σ_i dscores_i``,
     ``dh = dscores W2ᵀ ⊙ 1[h > 0]``, ``dW1 = Xᵀ dh + reg·W1``,
     ``db1 = Σ_i dh_i``.
+
+    The arguments, their order and their defaults are CS231n's (assignment
+    2's ``TwoLayerNet``): CIFAR-10 rows, 100 hidden units, 10 classes.
     """
 
     def __init__(
         self,
-        input_dim: int,
-        hidden_dim: int,
-        num_classes: int,
-        *,
+        input_dim: int = 3 * 32 * 32,
+        hidden_dim: int = 100,
+        num_classes: int = 10,
         weight_scale: float = 1e-3,
         reg: float = 0.0,
+        *,
         backend: str | None = None,
         dtype: Any = "float32",
         seed: int | None = None,

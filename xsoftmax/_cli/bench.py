@@ -575,6 +575,10 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     status = xs.available_backends()
     pairs, peers, skipped = plan(status, backends=args.backends, engines=args.engines, peers=args.peers)
+    unusable = [f"{b}: {status[b]}" for b in args.backends or () if status[b] != "ok"]
+    if unusable and not pairs and not peers:  # every backend asked for is unusable: one line, no table
+        print(f"xsoftmax bench: no backend to measure: {'; '.join(unusable)}", file=sys.stderr)
+        return 2
     if "float64" in args.dtype and ("jax" in peers or any(b == "jax" for b, _ in pairs)):
         enable_jax_float64()
     units = [(shape, dtype, item) for shape in args.shapes for dtype in args.dtype
@@ -683,12 +687,23 @@ def print_table(rows: list[Row], floors: dict, skipped: list[str], elapsed: floa
 
 
 def plot(rows: list[Row], path: str) -> None:
-    """PNG: GB/s against C (left) and the floor ratio against C (right), one line per backend/engine.
+    """PNG of the rows: lines against C for several shapes, bars for one (see :func:`figure`)."""
+    plt = plotting.pyplot()
+    fig = figure(rows)
+    fig.savefig(path, format="png", dpi=100)
+    plt.close(fig)
+
+
+def figure(rows: list[Row]) -> Any:
+    """GB/s against C (left) and the floor ratio against C (right), one line per backend/engine.
 
     Both axes are logarithmic: implementations differ by orders of magnitude
     and ratios read as equal distances. Copy floors are black, one line style
-    per device.
+    per device. With a single shape, lines would be lone dots: one bar per
+    backend/engine instead (see :func:`_bars`).
     """
+    if len({r.shape for r in rows}) == 1:
+        return _bars(rows)
     plt = plotting.pyplot()
     several_dtypes = len({r.dtype for r in rows}) > 1
     series: dict[str, list[tuple[int, float, float]]] = {}
@@ -719,5 +734,41 @@ def plot(rows: list[Row], path: str) -> None:
     bw.set_title("softmax_loss forward+backward: effective bandwidth")
     ratio.set_title("distance from the memory floor (lower is better)")
     fig.legend(*bw.get_legend_handles_labels(), loc="outside right upper", fontsize="small")
-    fig.savefig(path, format="png", dpi=100)
-    plt.close(fig)
+    return fig
+
+
+def _bars(rows: list[Row]) -> Any:
+    """One shape: a horizontal bar per backend/engine, GB/s (left) and × floor (right), fastest on top.
+
+    The copy floor of each device is a dashed line on the GB/s panel and 1.0
+    on the ratio panel; each bar carries its value, so nothing needs reading
+    off a log axis.
+    """
+    plt = plotting.pyplot()
+    several_dtypes = len({r.dtype for r in rows}) > 1
+    ordered = sorted(rows, key=lambda r: r.gbps)
+    labels = [f"{r.backend} {r.engine}" + (f" {r.dtype}" if several_dtypes else "") for r in ordered]
+    ys = np.arange(len(ordered))
+    fig, (bw, ratio) = plt.subplots(1, 2, figsize=(13, 1.5 + 0.45 * len(ordered)), layout="constrained",
+                                    sharey=True)
+    colors = [plt.get_cmap("tab10")(i % 10) for i in range(len(ordered))]
+    bw.barh(ys, [r.gbps for r in ordered], color=colors)
+    ratio.barh(ys, [r.floor_ratio for r in ordered], color=colors)
+    for y, r in zip(ys, ordered, strict=True):
+        bw.annotate(f" {r.gbps:.1f}", (r.gbps, y), va="center", fontsize="small")
+        ratio.annotate(f" {r.floor_ratio:.2f}x", (r.floor_ratio, y), va="center", fontsize="small")
+    floors = sorted({(r.device, r.dtype): r.floor_gbps for r in rows}.items())
+    for i, ((device, dtype), gbps) in enumerate(floors):
+        bw.axvline(gbps, color="black", linestyle=("--", ":", "-.")[i % 3],
+                   label=f"copy floor ({device}{f' {dtype}' if several_dtypes else ''}): {gbps:.1f} GB/s")
+    ratio.axvline(1.0, color="black", linestyle="--")
+    bw.set_yticks(ys, labels)
+    bw.set_xlabel("GB/s  (2·N·C·itemsize / median time)")
+    ratio.set_xlabel("× floor  (time / time of a copy of the same bytes; lower is better)")
+    for ax in (bw, ratio):
+        ax.grid(True, axis="x", alpha=0.3)
+        ax.margins(x=0.15)
+    bw.legend(loc="lower right", fontsize="small")
+    fig.suptitle(f"softmax_loss forward+backward, {ordered[0].shape}" +
+                 ("" if several_dtypes else f" {ordered[0].dtype}"))
+    return fig

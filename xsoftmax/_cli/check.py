@@ -456,6 +456,10 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
 
+    unusable = [f"{b}: {status[b]}" for b in wanted or () if status[b] != "ok"]
+    if wanted and len(unusable) == len(wanted):  # nothing asked for can run: one line, no table
+        print(f"xsoftmax check: no backend to check: {'; '.join(unusable)}", file=sys.stderr)
+        return 2
     tallies: dict[tuple[str, str, str], Tally] = {}
     skipped: list[str] = []
     for backend in wanted or BACKENDS:

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from .._backend import usable_namespace
 from . import plotting
 
 __all__ = ["DEFAULTS", "configure", "run"]
@@ -108,15 +109,21 @@ def run(args: argparse.Namespace) -> int:
         return 2
     s = _settings(args)
     try:
+        usable_namespace(args.backend)  # an unusable GPU is one line here, not a CUDA traceback later
         data = datasets.load(args.data, seed=args.seed, backend=args.backend, dtype=args.dtype)
+        # Every value explicit: the library's defaults are CS231n's (CIFAR-10 sizes) and may move.
         model = nets.TwoLayerNet(
-            data.num_features, s["hidden"], data.num_classes, reg=s["reg"],
+            data.num_features, s["hidden"], data.num_classes, weight_scale=1e-3, reg=s["reg"],
             backend=args.backend, dtype=args.dtype, seed=args.seed,
         )
+        # About ten loss lines and ten accuracy lines per run.
+        epochs_between_lines = max(1, s["epochs"] // 10)
+        steps_per_epoch = max(1, -(-int(data.X_train.shape[0]) // max(1, s["batch_size"])))
         solver = train.Solver(
             model, data, update_rule=s["update"], optim_config={"learning_rate": s["lr"]},
             lr_decay=args.lr_decay, batch_size=s["batch_size"], num_epochs=s["epochs"],
-            seed=args.seed, verbose=not args.quiet,
+            seed=args.seed, num_train_samples=1000, num_val_samples=None, verbose=not args.quiet,
+            print_every=steps_per_epoch * epochs_between_lines, print_epoch_every=epochs_between_lines,
         )
     except ValueError as exc:
         print(f"xsoftmax train: error: {exc}", file=sys.stderr)
