@@ -11,7 +11,7 @@ import pytest
 
 import xsoftmax as xs
 import xsoftmax._backend as backend_module
-from xsoftmax.cli import main
+from xsoftmax._cli import main
 
 cupy = pytest.importorskip("cupy")
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import xsoftmax as xs
-from xsoftmax._cli import bench, main
+from xsoftmax._cli import bench, main, plotting
 from xsoftmax._cli import timing as _timing
 from xsoftmax._cli.check import engines_for, oracle_softmax_loss
 
@@ -347,7 +347,7 @@ def _row(backend, engine, shape, gbps, ratio, dtype="float32"):
 def test_plot_of_one_shape_is_a_bar_chart_and_of_several_a_line_chart():
     """One shape on log axes would be lone dots: a bar per backend/engine, fastest on top, values printed."""
     pytest.importorskip("matplotlib")
-    plt = bench._plotting.pyplot()
+    plt = plotting.pyplot()
     rows = [_row("numpy", "fused", "4096x1000", 8.0, 2.5), _row("torch", "reference", "4096x1000", 1.0, 20.0),
             _row("jax", "reference", "4096x1000", 2.0, 10.0)]
     fig = bench.figure(rows)
