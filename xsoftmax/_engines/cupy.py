@@ -56,6 +56,7 @@ __all__ = [
     "fused_softmax_loss",
     "kernels",
     "row_module",
+    "row_options",
     "row_plan",
     "softmax_loss",
     "softmax_loss_row",
@@ -283,7 +284,23 @@ def row_module() -> Any:
     """The ``RawModule`` of :data:`~xsoftmax._engines._cuda_source.ROW_SOURCE`, every instantiation."""
     import cupy
 
-    return cupy.RawModule(code=ROW_SOURCE, options=("--std=c++17",), name_expressions=ROW_KERNEL_NAMES)
+    return cupy.RawModule(code=ROW_SOURCE, options=row_options(), name_expressions=ROW_KERNEL_NAMES)
+
+
+def row_options() -> tuple[str, ...]:
+    """NVRTC options of the row module: C++17 and the include directories CuPy's own kernels use.
+
+    ``ROW_SOURCE`` includes ``cuda_fp16.h`` / ``cuda_bf16.h``; CuPy finds them
+    for its kernels through ``assemble_cupy_compiler_options`` (CuPy's headers
+    and the CUDA toolkit's); a CuPy without that function keeps RawModule's default.
+    """
+    try:
+        from cupy._core import core
+
+        assembled = tuple(core.assemble_cupy_compiler_options(()))
+    except (ImportError, AttributeError, RuntimeError):
+        assembled = ()
+    return ("--std=c++17", *(o for o in assembled if o.startswith("-I")))
 
 
 @functools.cache
@@ -305,24 +322,30 @@ def _cupy_row_launch(plan: RowPlan, scores: str, labels: str, *args: Any) -> Non
 
 
 @functools.cache
-def _device_limits(device_id: int) -> tuple[int, int]:
-    """(opt-in shared memory per block, max threads per block of the row kernel) of a device."""
+def _row_limits(device_id: int, scores: str, labels: str) -> tuple[int, int]:
+    """(opt-in shared memory per block of the device, max threads per block of this instantiation).
+
+    The second comes from the compiled kernel: float64 needs more than 64
+    registers a thread, so its blocks stop at 512 threads.
+    """
     import cupy
 
     attrs = cupy.cuda.Device(device_id).attributes
-    kernel = row_module().get_function(row_kernel_name("float32", "int64"))
+    kernel = row_module().get_function(row_kernel_name(scores, labels))
     return int(attrs["MaxSharedMemoryPerBlockOptin"]), int(kernel.max_threads_per_block)
 
 
 def softmax_loss_row(inp: LossInputs, *, out: Array | None = None) -> tuple[Array, Array]:
     """The ``"fused-row"`` engine for CuPy arrays (signature of every engine)."""
-    if inp.scores.shape[0] == 0 or inp.labels_unchecked:
+    s = inp.scores
+    if s.shape[0] == 0 or inp.labels_unchecked or s.dtype.name not in ROW_SCORE_TYPES:
         from .._softmax import reference_softmax_loss
 
         return reference_softmax_loss(inp, out=out)
     import cupy
 
-    limit, max_threads = _device_limits(cupy.cuda.Device().id)
+    labels = "int32" if inp.y.dtype.name == "int32" else "int64"  # as the driver passes them
+    limit, max_threads = _row_limits(cupy.cuda.Device().id, s.dtype.name, labels)
     return fused_row_softmax_loss(
         inp, _cupy_row_launch, _cupy_launch, cupy, limit_bytes=limit, out=out,
         max_threads=_pow2_floor(max_threads),
