@@ -18,15 +18,14 @@ import subprocess
 
 import numpy as np
 import pytest
+from _block_twin import HEADER, BlockTwinLauncher, BlockTwinUnavailable, compiler
+from _cpu_twin import TwinLauncher
+from _helpers import ENGINE_TOLERANCES
 
 import xsoftmax as xs
 from xsoftmax._engines._cuda_source import ROW_SOURCE
 from xsoftmax._engines.cupy import fused_row_softmax_loss, row_plan
 from xsoftmax._validate import check_loss_inputs, check_out
-
-from _block_twin import HEADER, BlockTwinLauncher, BlockTwinUnavailable, compiler
-from _cpu_twin import TwinLauncher
-from _helpers import ENGINE_TOLERANCES
 
 pytestmark = pytest.mark.cpu_twin
 
@@ -282,13 +281,13 @@ def test_block_twin_bfloat16_rows(launcher):
                             label_smoothing=0.0, engine="fused-row")
     coef = inp.coefficients(y, weight=None, dtype=np.float32, denom=None)
     plan = row_plan(n, c, 2, limit_bytes=LIMIT)
-    l, t = np.empty(n, np.float32), np.empty(n, np.float32)
+    lse, t = np.empty(n, np.float32), np.empty(n, np.float32)
     d = np.empty((n, c), np.uint16)
     launcher(plan, "bfloat16", "int64", s16, c, y, n, c, coef.a, coef.c, coef.a,
-             np.ones(c, np.float32), 0, plan.group, l, t, l, d, c)
+             np.ones(c, np.float32), 0, plan.group, lse, t, lse, d, c)
     grad = (d.astype(np.uint32) << 16).view(np.float32)
     ref_loss, ref_d = xs.softmax_loss(values.astype(np.float64), y, reduction="none", engine="reference")
-    np.testing.assert_allclose(l - t, ref_loss, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(lse - t, ref_loss, rtol=1e-5, atol=1e-4)
     np.testing.assert_allclose(grad, ref_d, rtol=2**-7, atol=2**-9)
 
 

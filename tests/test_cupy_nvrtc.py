@@ -302,7 +302,7 @@ def test_nvrtc_row_kernel_has_no_spill_on_sm_90(nvrtc, options, tmp_path):
         report, flags=re.S,
     )
     assert sorted(e[0] for e in entries) == sorted(lowered), report
-    names = dict(zip(lowered, ROW_KERNEL_NAMES))
+    names = dict(zip(lowered, ROW_KERNEL_NAMES, strict=True))
     lines = [f"{names[e[0]]}: {e[4]} registers/thread, stack {e[1]} B, spill {e[2]}/{e[3]} B"
              for e in entries]
     print(f"ptxas -v sm_90 ({note}{PTXAS}):\n  " + "\n  ".join(lines))

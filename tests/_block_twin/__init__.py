@@ -49,7 +49,7 @@ def source(kernel_source: str = ROW_SOURCE) -> str:
     """The translation unit: the header, the kernel text, one C wrapper per instantiation."""
     wrappers = []
     for scores, T in ROW_SCORE_TYPES.items():
-        for labels, I in ROW_LABEL_TYPES.items():
+        for labels, I_ in ROW_LABEL_TYPES.items():
             F = "double" if scores == "float64" else "float"
             wrappers.append(f"""
 extern "C" void twin_row_{_tag(scores, labels)}(
@@ -57,7 +57,7 @@ extern "C" void twin_row_{_tag(scores, labels)}(
     const void* y, long long n, long long c, const void* a, const void* cc, const void* b,
     const void* w, int smooth, int group, void* l, void* t, void* u, void* d, long long d_stride) {{
   twin::launch(grid, threads, shared, [=] {{
-    xsoftmax_row_loss<{T}, {I}>((const {T}*)s, s_stride, (const {I}*)y, n, c, (const {F}*)a,
+    xsoftmax_row_loss<{T}, {I_}>((const {T}*)s, s_stride, (const {I_}*)y, n, c, (const {F}*)a,
         (const {F}*)cc, (const {F}*)b, (const {F}*)w, smooth, group, ({F}*)l, ({F}*)t, ({F}*)u,
         ({T}*)d, d_stride);
   }});

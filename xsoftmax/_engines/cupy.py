@@ -39,8 +39,8 @@ from ._cuda_source import (
     KERNELS,
     PREAMBLE,
     ROW_KERNEL_NAMES,
-    ROW_SCRATCH_BYTES,
     ROW_SCORE_TYPES,
+    ROW_SCRATCH_BYTES,
     ROW_SOURCE,
     ElementwiseSpec,
     ReductionSpec,
@@ -253,7 +253,7 @@ def fused_row_softmax_loss(
     if s.strides[1] != s.itemsize or (out is not None and out is not s and native.may_share_memory(out, s)):
         s = native.ascontiguousarray(s)
     direct = out is not None and out.strides[1] == out.itemsize and (out.strides[0] != 0 or n == 1)
-    d = out if direct else native.empty((n, c), dtype=s.dtype)
+    d: Array = out if out is not None and direct else native.empty((n, c), dtype=s.dtype)
 
     w = None if inp.weight is None else xp.astype(inp.weight, fdt)
     coef = inp.coefficients(y, weight=w, dtype=fdt, denom=inp.denom)
@@ -261,9 +261,9 @@ def fused_row_softmax_loss(
     l, t = vec(), vec()  # noqa: E741 (the l of the docstring)
     smooth = coef.b is not None
     u = vec() if smooth else l  # never written without smoothing
-    ones = None if w is not None else native.ones((c,), dtype=fdt)
-    b = native.ascontiguousarray(coef.b) if smooth else coef.a  # b, w unread without smoothing
-    w_arg = native.ascontiguousarray(w) if w is not None else ones
+    # b and w are read only with smoothing; w = 1 stands for "no weights".
+    b = native.ascontiguousarray(coef.b) if smooth else coef.a
+    w_arg = native.ascontiguousarray(w) if w is not None else native.ones((c,), dtype=fdt)
     launch(
         plan, s.dtype.name, y.dtype.name,
         s, s.strides[0] // s.itemsize, y, n, c,
