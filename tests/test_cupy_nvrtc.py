@@ -288,7 +288,7 @@ def ptxas_report(ptx: bytes, arch: str, tmp_path) -> tuple[str, str]:
     return res.stdout + res.stderr, note
 
 
-def test_nvrtc_row_kernel_has_no_spill_on_sm_90(nvrtc, options, tmp_path):
+def test_nvrtc_row_kernel_has_no_spill_on_sm_90(nvrtc, options, tmp_path, record_property):
     import re
 
     if not os.path.exists(PTXAS):
@@ -306,6 +306,7 @@ def test_nvrtc_row_kernel_has_no_spill_on_sm_90(nvrtc, options, tmp_path):
     lines = [f"{names[e[0]]}: {e[4]} registers/thread, stack {e[1]} B, spill {e[2]}/{e[3]} B"
              for e in entries]
     print(f"ptxas -v sm_90 ({note}{PTXAS}):\n  " + "\n  ".join(lines))
+    record_property("registers_per_thread_sm_90", {names[e[0]]: int(e[4]) for e in entries})
     assert all(e[2] == "0" and e[3] == "0" for e in entries), "\n".join(lines)
     # float32 and 16-bit rows run 1024-thread blocks: at most 64 registers a
     # thread (65536 per SM). float64 may need more; the engine then caps its

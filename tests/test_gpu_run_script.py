@@ -1,0 +1,111 @@
+"""``bench/gpu_run.sh`` (the one-command GPU run) checked without a GPU: syntax, dry run, summary."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(REPO, "bench", "gpu_run.sh")
+SHAPES = ("8192x32000", "4096x128000", "65536x1024", "1048576x10")
+
+sys.path.insert(0, os.path.join(REPO, "bench"))
+import gpu_summary  # noqa: E402
+
+
+def run_script(tmp_path, *args, env=None):
+    path_dirs = [d for d in os.environ["PATH"].split(os.pathsep)
+                 if not os.path.exists(os.path.join(d, "nvidia-smi"))]  # as on a machine with no driver
+    full_env = {**os.environ, "OUT": str(tmp_path / "out"), "PYTHON": sys.executable,
+                "XSOFTMAX_GPU_VENV": str(tmp_path / "venv"), "PATH": os.pathsep.join(path_dirs),
+                **(env or {})}
+    full_env.pop("XSOFTMAX_CUDA_MAJOR", None)
+    return subprocess.run(["bash", SCRIPT, *args], capture_output=True, text=True, env=full_env,
+                          timeout=300, cwd=str(tmp_path))
+
+
+def test_gpu_run_script_is_executable_and_parses():
+    assert os.access(SCRIPT, os.X_OK)
+    res = subprocess.run(["bash", "-n", SCRIPT], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+
+
+def test_gpu_run_dry_run_checks_every_step(tmp_path):
+    res = run_script(tmp_path, "--dry-run")
+    assert res.returncode == 0, res.stdout + res.stderr
+    out = res.stdout
+    assert "assuming CUDA major 12" in out  # no nvidia-smi on PATH
+    assert "check arguments parse: check --backends cupy" in out
+    for shape in SHAPES:
+        assert (f"bench --backends cupy --engines fused,fused-row,reference --peers torch --shapes {shape} "
+                f"--dtype float32,bfloat16") in out
+        assert f"--json {tmp_path / 'out'}/bench-{shape}.json" in out
+    assert '-m gpu or nvrtc tests/test_engine_cupy.py tests/test_engine_cupy_row.py' in out
+    assert "bench/gpu_summary.py" in out
+    steps = (tmp_path / "out" / "steps.tsv").read_text().splitlines()
+    assert [s.split("\t")[0] for s in steps] == (
+        ["install", "check", "tests"] + [f"bench-{s}" for s in
+                                         ("8192x32000", "65536x1024", "1048576x10", "4096x128000")]
+        + ["summary"]
+    )
+    assert all(s.split("\t")[1] == "dry-run" for s in steps)
+    assert not (tmp_path / "venv").exists()  # a dry run installs nothing
+
+
+def test_gpu_run_dry_run_by_environment_and_default_out(tmp_path):
+    env = {"XSOFTMAX_GPU_DRY_RUN": "1"}
+    res = run_script(tmp_path, env=env)
+    assert res.returncode == 0, res.stdout + res.stderr
+    res = subprocess.run(["bash", SCRIPT, "--dry-run"], capture_output=True, text=True, timeout=300,
+                         cwd=str(tmp_path), env={k: v for k, v in {**os.environ, "PYTHON": sys.executable}
+                                                 .items() if k != "OUT"})
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "gpu-results" / "steps.tsv").exists()  # ./gpu-results without $OUT
+
+
+def test_gpu_run_rejects_unknown_arguments_and_a_broken_cli(tmp_path):
+    res = run_script(tmp_path, "--fast")
+    assert res.returncode == 2 and "unknown argument --fast" in res.stderr
+    # The dry run parses the bench arguments with the repository's CLI: a Python
+    # without xsoftmax's dependencies makes it fail, not pass silently.
+    fake = tmp_path / "python"
+    fake.write_text("#!/bin/sh\nexit 3\n")
+    fake.chmod(0o755)
+    res = run_script(tmp_path, "--dry-run", env={"PYTHON": str(fake)})
+    assert res.returncode != 0
+
+
+def _row(engine, median_ms, shape="8192x32000", dtype="float32", backend="cupy"):
+    return {"backend": backend, "engine": engine, "kind": "xsoftmax", "shape": shape, "dtype": dtype,
+            "device": "cuda", "median_ms": median_ms, "spread_ms": 0.01, "min_ms": median_ms,
+            "repeat": 5, "gbps": 2000.0 / median_ms, "floor_ms": 0.5, "floor_gbps": 3000.0,
+            "floor_ratio": median_ms / 0.5, "max_abs_err": 1e-7, "peak_bytes": 0}
+
+
+def test_gpu_summary_merges_reports(tmp_path):
+    pytest.importorskip("matplotlib")
+    for shape, rows in (("8192x32000", [_row("fused", 1.5), _row("fused-row", 1.0),
+                                        _row("peer:F.cross_entropy", 2.0, backend="torch")]),
+                        ("65536x1024", [_row("fused", 0.4, shape="65536x1024")])):
+        report = {"machine": {"gpu": "NVIDIA H100 80GB HBM3"}, "rows": rows, "floors": [],
+                  "skipped": [f"cupy fused {shape} bfloat16: ValueError: no bfloat16"]}
+        (tmp_path / f"bench-{shape}.json").write_text(json.dumps(report))
+    (tmp_path / "steps.tsv").write_text("install\t0\t12\ncheck\t0\t9\n")
+    assert gpu_summary.main([str(tmp_path)]) == 0
+    merged = json.loads((tmp_path / "results.json").read_text())
+    assert len(merged["rows"]) == 4 and len(merged["skipped"]) == 2
+    text = (tmp_path / "summary.md").read_text()
+    assert "GPU: NVIDIA H100 80GB HBM3" in text and "| install | 0 | 12 |" in text
+    assert "fused-row is 1.50x the speed of fused." in text
+    assert "fused-row is 2.00x the speed of peer:F.cross_entropy." in text
+    assert (tmp_path / "results.png").stat().st_size > 0
+
+
+def test_gpu_summary_with_no_rows(tmp_path):
+    assert gpu_summary.main([str(tmp_path)]) == 0
+    assert "No bench rows were measured." in (tmp_path / "summary.md").read_text()
+    assert not (tmp_path / "results.png").exists()
