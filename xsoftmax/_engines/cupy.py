@@ -335,7 +335,7 @@ def _row_limits(device_id: int, scores: str, labels: str) -> tuple[int, int]:
     return int(attrs["MaxSharedMemoryPerBlockOptin"]), int(kernel.max_threads_per_block)
 
 
-def softmax_loss_row(inp: LossInputs, *, out: Array | None = None) -> tuple[Array, Array]:
+def softmax_loss_row(inp: LossInputs, /, *, out: Array | None = None) -> tuple[Array, Array]:
     """The ``"fused-row"`` engine for CuPy arrays (signature of every engine)."""
     s = inp.scores
     if s.shape[0] == 0 or inp.labels_unchecked or s.dtype.name not in ROW_SCORE_TYPES:
