@@ -103,7 +103,7 @@ install_deps() {
   if ! "$vpy" -c "import torch, sys; sys.exit(not torch.cuda.is_available())" 2> /dev/null; then
     local index=https://download.pytorch.org/whl/cu126
     ((major >= 13)) && index=https://download.pytorch.org/whl/cu130
-    "${pip[@]}" torch --index-url "$index" ${XSOFTMAX_WHEELS:+--find-links "$XSOFTMAX_WHEELS"} || return 1
+    "${pip[@]}" torch --index-url "$index" || return 1
   fi
   "$vpy" -c "import cupy, torch; print('cupy', cupy.__version__, 'torch', torch.__version__, 'on',
       torch.cuda.get_device_name(0))"

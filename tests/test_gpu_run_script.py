@@ -109,3 +109,44 @@ def test_gpu_summary_with_no_rows(tmp_path):
     assert gpu_summary.main([str(tmp_path)]) == 0
     assert "No bench rows were measured." in (tmp_path / "summary.md").read_text()
     assert not (tmp_path / "results.png").exists()
+
+
+# --- what the GPU run asks of xsoftmax bench / check, checked on the CPU ---
+
+
+def test_bench_accepts_the_gpu_run_engines_and_dtypes():
+    from xsoftmax.check import engines_for
+    from xsoftmax.cli import build_parser
+
+    args = build_parser().parse_args(["bench", "--backends", "cupy", "--engines", "fused,fused-row,reference",
+                                      "--peers", "torch", "--dtype", "float32,bfloat16"])
+    assert args.engines == ["fused", "fused-row", "reference"] and args.dtype == ["float32", "bfloat16"]
+    assert engines_for("cupy") == ["reference", "fused", "fused-row"]
+    assert "fused-row" not in engines_for("numpy")
+
+
+def test_bench_bfloat16_rows_are_torch_only():
+    pytest.importorskip("torch")
+    import numpy as np
+
+    from xsoftmax import bench
+
+    peer = bench.make_peer("torch", (32, 50), "bfloat16")
+    row = bench.measure_case(peer, (32, 50), "bfloat16", bench.floor("cpu", (32, 50), "float16", repeat=2),
+                             repeat=2)
+    assert row.dtype == "bfloat16" and row.max_abs_err < 0.1  # bfloat16 rounding, not a wrong answer
+    scores, _ = peer.inputs()
+    assert scores.dtype == np.float64 and np.all(scores == scores.astype(np.float32))
+    with pytest.raises(ValueError, match="cupy has no bfloat16 arrays"):
+        bench.make_case("cupy", "fused-row", (4, 5), "bfloat16")
+    with pytest.raises(ValueError, match="peer naive runs on the CPU"):
+        bench.make_peer("naive", (4, 5), "bfloat16")
+
+
+def test_bench_torch_peer_device():
+    from xsoftmax import bench
+
+    assert bench.peer_device("torch", None) == "cpu"
+    assert bench.peer_device("naive", ["cupy"]) == "cpu"
+    torch = pytest.importorskip("torch")
+    assert bench.peer_device("torch", ["cupy"]) == ("cuda" if torch.cuda.is_available() else "cpu")

@@ -125,8 +125,6 @@ class Case:
         import xsoftmax as xs
 
         loss, d = self.fn()
-        if str(getattr(d, "dtype", "")) == "torch.bfloat16":  # NumPy has no bfloat16
-            d = d.float()
         return np.asarray(xs.to_numpy(loss), np.float64), xs.to_numpy(d)
 
     def peak_bytes(self) -> int | None:
@@ -548,7 +546,7 @@ def _torch_peer(shape: tuple[int, int], dtype: str, *, seed: int, device: str) -
         leaf.grad = None
         loss = F.cross_entropy(leaf, yt)
         loss.backward()
-        return loss.detach().float(), leaf.grad
+        return loss.detach(), leaf.grad
 
     return Case("torch", PEERS["torch"][1], "peer", device, fn, inputs, host_traced=False)
 
