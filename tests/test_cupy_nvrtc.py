@@ -263,7 +263,14 @@ def test_nvrtc_rejects_a_broken_row_kernel(nvrtc, options):
         compile_row(nvrtc, options, "sm_80", source=broken)
 
 
-def ptxas_report(ptx: bytes, arch: str, tmp_path) -> tuple[str, str]:
+SPILL_ENTRY = (
+    r"Compiling entry function '(\w+)' for 'sm_90'.*?"
+    r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads.*?"
+    r"Used (\d+) registers"
+)
+
+
+def ptxas_report(ptx: bytes, arch: str, tmp_path, *extra: str) -> tuple[str, str]:
     """``ptxas -v`` of ``ptx``: (its report, a note on any PTX version rewrite).
 
     The NVRTC wheel may be newer than the toolkit's ptxas; then ptxas names the
@@ -275,7 +282,7 @@ def ptxas_report(ptx: bytes, arch: str, tmp_path) -> tuple[str, str]:
 
     path = tmp_path / f"row_{arch}.ptx"
     path.write_bytes(ptx)
-    cmd = [PTXAS, "-v", f"-arch={arch}", str(path), "-o", str(tmp_path / f"row_{arch}.cubin")]
+    cmd = [PTXAS, "-v", *extra, f"-arch={arch}", str(path), "-o", str(tmp_path / f"row_{arch}.cubin")]
     res = subprocess.run(cmd, capture_output=True, text=True)
     note = ""
     skew = re.search(r"Unsupported \.version (\d+\.\d+); current version is '(\d+\.\d+)'", res.stderr)
@@ -295,12 +302,7 @@ def test_nvrtc_row_kernel_has_no_spill_on_sm_90(nvrtc, options, tmp_path, record
         pytest.fail(f"{PTXAS} is missing: the spill check needs the CUDA toolkit's ptxas")
     ptx, lowered = compile_row(nvrtc, options, "sm_90", ptx=True)
     report, note = ptxas_report(ptx, "sm_90", tmp_path)
-    entries = re.findall(
-        r"Compiling entry function '(\w+)' for 'sm_90'.*?"
-        r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads.*?"
-        r"Used (\d+) registers",
-        report, flags=re.S,
-    )
+    entries = re.findall(SPILL_ENTRY, report, flags=re.S)
     assert sorted(e[0] for e in entries) == sorted(lowered), report
     names = dict(zip(lowered, ROW_KERNEL_NAMES, strict=True))
     lines = [f"{names[e[0]]}: {e[4]} registers/thread, stack {e[1]} B, spill {e[2]}/{e[3]} B"
@@ -311,5 +313,27 @@ def test_nvrtc_row_kernel_has_no_spill_on_sm_90(nvrtc, options, tmp_path, record
     # float32 and 16-bit rows run 1024-thread blocks: at most 64 registers a
     # thread (65536 per SM). float64 may need more; the engine then caps its
     # blocks by the kernel's own max_threads_per_block.
+    # The same check with NVRTC's own ptxas (no version skew): its cubin log.
+    prog = nvrtc.createProgram(ROW_SOURCE, "xsoftmax_row.cu", [], [])
+    try:
+        for name in ROW_KERNEL_NAMES:
+            nvrtc.addNameExpression(prog, name)
+        nvrtc.compileProgram(prog, options + ["--gpu-architecture=sm_90", "--ptxas-options=-v"])
+        log = nvrtc.getProgramLog(prog)
+    finally:
+        nvrtc.destroyProgram(prog)
+    spills = re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log)
+    assert len(spills) == len(ROW_KERNEL_NAMES) and all(s == ("0", "0") for s in spills), log
     regs = {names[e[0]]: int(e[4]) for e in entries}
     assert all(r <= 64 for name, r in regs.items() if "double" not in name), "\n".join(lines)
+
+
+def test_nvrtc_spill_check_sees_a_spill(nvrtc, options, tmp_path):
+    # The parse has teeth: squeezed to 16 registers, the same PTX must spill.
+    import re
+
+    ptx, _ = compile_row(nvrtc, options, "sm_90", ptx=True)
+    report, _ = ptxas_report(ptx, "sm_90", tmp_path, "--maxrregcount=16")
+    entries = re.findall(SPILL_ENTRY, report, flags=re.S)
+    assert len(entries) == len(ROW_KERNEL_NAMES)
+    assert any(int(e[2]) > 0 and int(e[3]) > 0 for e in entries), report
