@@ -123,6 +123,7 @@ if [[ -z $MAJOR ]]; then
   fi
 fi
 VPY=$VENV/bin/python
+[[ $DRY == 1 ]] || nvidia-smi > "$OUTDIR/nvidia-smi.txt" 2>&1
 
 if [[ $DRY == 1 ]]; then
   # Everything a GPU run relies on that can be checked here, with this machine's Python.
