@@ -150,3 +150,43 @@ def test_bench_torch_peer_device():
     assert bench.peer_device("naive", ["cupy"]) == "cpu"
     torch = pytest.importorskip("torch")
     assert bench.peer_device("torch", ["cupy"]) == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_gpu_run_steps_on_a_stub_machine(tmp_path):
+    # A real (not dry) run where nvidia-smi and the venv's Python are stubs that
+    # log their calls: the CUDA major comes from nvidia-smi, every step runs once
+    # with its timeout, a failing step is recorded and the run goes on.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    smi = bin_dir / "nvidia-smi"
+    smi.write_text("#!/bin/sh\necho '| NVIDIA-SMI 550.54   Driver Version: 550.54   CUDA Version: 13.1 |'\n")
+    venv_py = tmp_path / "venv" / "bin" / "python"
+    venv_py.parent.mkdir(parents=True)
+    calls = tmp_path / "calls.txt"
+    marker = tmp_path / "torch-installed"
+    venv_py.write_text(
+        f'#!/bin/sh\necho "$*" >> {calls}\n'
+        'case "$*" in *"-m pytest"*) exit 1;; esac\n'  # the GPU tests fail on this stub
+        'case "$*" in *"import cupy, sys"*) exit 1;; esac\n'  # no CuPy yet: installed for CUDA 13
+        # torch with CUDA is missing until pip has "installed" it
+        f'case "$*" in *"import torch, sys"*) [ -e {marker} ] || {{ touch {marker}; exit 1; }};; esac\n'
+        "exit 0\n"
+    )
+    smi.chmod(0o755)
+    venv_py.chmod(0o755)
+    env = {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "XSOFTMAX_GPU_VENV": str(tmp_path / "venv")}
+    full_env = {**os.environ, "OUT": str(tmp_path / "out"), "PYTHON": sys.executable, **env}
+    res = subprocess.run(["bash", SCRIPT], capture_output=True, text=True, env=full_env, timeout=300,
+                         cwd=str(tmp_path))
+    assert res.returncode == 1, res.stdout + res.stderr  # the failing test step
+    steps = {s.split("\t")[0]: s.split("\t")[1] for s in
+             (tmp_path / "out" / "steps.tsv").read_text().splitlines()}
+    assert steps.pop("tests") == "1" and set(steps.values()) == {"0"} and len(steps) == 7
+    log = calls.read_text()
+    assert "-m xsoftmax.cli check --backends cupy" in log
+    assert log.count("-m xsoftmax.cli bench --backends cupy --engines fused,fused-row,reference "
+                     "--peers torch") == 4
+    assert "gpu_summary.py" in log
+    assert (tmp_path / "out" / "nvidia-smi.txt").read_text().startswith("| NVIDIA-SMI")
+    assert "-m pip install --quiet --disable-pip-version-check cupy-cuda13x[ctk]" in log
+    assert "torch --index-url https://download.pytorch.org/whl/cu130" in log
