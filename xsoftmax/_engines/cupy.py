@@ -1,4 +1,5 @@
-r"""The fused CuPy engine: two reads (three with label smoothing) and one write of the scores.
+r"""The CuPy engines: ``"fused"`` (two reads, three with label smoothing, and one write of
+the scores) and ``"fused-row"`` (one read and one write; :func:`softmax_loss_row`).
 
 Per row ``i`` (see :mod:`xsoftmax._reduction` for ``a, b, c``, α, β):
 
@@ -22,6 +23,16 @@ of ``scores`` and ``out`` are read as they are. The kernel text lives in
 :mod:`xsoftmax._engines._cuda_source`; :func:`fused_softmax_loss` is written
 against a *launcher*, so the same driver runs the CuPy kernels on a GPU and
 the CPU twin of the tests (the same strings built with g++) on NumPy.
+
+``"fused-row"`` (:func:`fused_row_softmax_loss`) runs one ``RawModule``
+kernel, ``xsoftmax_row_loss<T, I>`` of
+:data:`~xsoftmax._engines._cuda_source.ROW_SOURCE`: a row is staged once in
+shared memory, its max, ``l``, ``t`` and ``u`` reduced on chip, and the same
+gradient written once. Rows longer than the device's opt-in shared memory per
+block allows run the ``"fused"`` path. Its driver is written against a row
+launcher too, so the tests' block twin (the same source built with g++ on a
+header emulating CUDA blocks) runs it on NumPy. ``engine="auto"`` does not
+choose it until a GPU measurement shows it faster (docs/backends.md).
 """
 
 from __future__ import annotations
@@ -249,7 +260,8 @@ def fused_row_softmax_loss(
 
     # The kernel reads a row through its row stride at unit class stride; a
     # row that is not contiguous, or scores that overlap another out=, are
-    # copied once (out=scores itself is safe: a row is on chip before it is written).
+    # copied once. out=scores itself needs no copy: each element is read and
+    # written by the same thread, the write after the read.
     if s.strides[1] != s.itemsize or (out is not None and out is not s and native.may_share_memory(out, s)):
         s = native.ascontiguousarray(s)
     direct = out is not None and out.strides[1] == out.itemsize and (out.strides[0] != 0 or n == 1)
