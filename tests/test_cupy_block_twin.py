@@ -323,3 +323,37 @@ def test_block_twin_bad_labels_stay_a_value_error():
 def test_block_twin_fused_row_needs_cupy_arrays():
     with pytest.raises(ValueError, match="engine='fused-row' runs when the scores are CuPy arrays"):
         xs.softmax_loss(np.zeros((2, 3)), np.array([0, 1]), engine="fused-row")
+
+
+def test_block_twin_cupy_launcher_passes_the_kernel_signature(monkeypatch, twin_dir):
+    # The GPU launcher (not runnable here) hands CuPy one argument per kernel
+    # parameter, typed as the parameter: arrays for pointers, int64 for
+    # long long, int32 for int. A fake kernel records what it is given.
+    import re
+
+    import xsoftmax._engines.cupy as engine
+
+    signature = re.search(r"__global__ void xsoftmax_row_loss\((.*?)\) \{", ROW_SOURCE, re.S)[1]
+    params = [p.strip() for p in signature.split(",")]
+    seen = {}
+
+    def fake_kernel(grid, block, args, shared_mem):
+        seen.update(grid=grid, block=block, args=args, shared_mem=shared_mem)
+
+    monkeypatch.setattr(engine, "_row_kernel", lambda *key: fake_kernel)
+    s, y, kw = make_inputs("float16", OPTIONS["all"], label_dtype=np.int64)
+    inp = check_loss_inputs(s, y, engine="fused-row", reduction="mean", **{"ignore_index": None, **kw})
+    engine.fused_row_softmax_loss(inp, engine._cupy_row_launch, TwinLauncher(twin_dir), np,
+                                  limit_bytes=LIMIT)
+    plan = row_plan(*s.shape, 2, limit_bytes=LIMIT)
+    assert seen["grid"] == (plan.grid,) and seen["block"] == (plan.threads,)
+    assert seen["shared_mem"] == plan.shared_bytes
+    assert len(params) == len(seen["args"]) == 16
+    for param, arg in zip(params, seen["args"], strict=True):
+        if "*" in param:  # the vectors contiguous; s and d are read through their row stride
+            assert isinstance(arg, np.ndarray), param
+            assert arg.flags.c_contiguous or param.endswith((" s", " d")), param
+        elif param.startswith("long long"):
+            assert type(arg) is np.int64, param
+        else:
+            assert param.startswith("int ") and type(arg) is np.int32, param
