@@ -221,7 +221,15 @@ PTXAS = "/usr/local/cuda/bin/ptxas"
 
 
 def compile_row(nvrtc, options, arch: str, *, ptx: bool = False, source: str = ROW_SOURCE):
-    """NVRTC output (cubin for ``sm_XX``, PTX for ``compute_XX``) of every row-kernel instantiation."""
+    """NVRTC output (cubin for ``sm_XX``, PTX for ``compute_XX``) of every row-kernel instantiation.
+
+    Compiled with the engine's own ``row_options()`` plus the ``-ftz=true``
+    CuPy adds to every RawModule (``options``, CuPy's, only gate the test on
+    the CUDA headers being found).
+    """
+    from xsoftmax._engines.cupy import row_options
+
+    options = [*row_options(), "-ftz=true"]
     prog = nvrtc.createProgram(source, "xsoftmax_row.cu", [], [])
     try:
         for name in ROW_KERNEL_NAMES:
