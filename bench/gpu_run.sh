@@ -37,6 +37,7 @@ SHAPES=(8192x32000 65536x1024 1048576x10 4096x128000)
 declare -A SHAPE_LIMIT_S=([8192x32000]=100 [65536x1024]=45 [1048576x10]=45 [4096x128000]=100)
 DTYPES=float32,bfloat16
 ENGINES=fused,fused-row,reference
+CLI=xsoftmax.cli  # the module behind the `xsoftmax` command (main(), build_parser())
 CHECK_ARGS=(check --backends cupy)
 TEST_ARGS=(-q -p no:cacheprovider -m "gpu or nvrtc" tests/test_engine_cupy.py tests/test_engine_cupy_row.py
            tests/test_cupy_nvrtc.py)
@@ -127,19 +128,15 @@ VPY=$VENV/bin/python
 
 if [[ $DRY == 1 ]]; then
   # Everything a GPU run relies on that can be checked here, with this machine's Python.
-  for f in pyproject.toml xsoftmax/cli.py bench/gpu_summary.py "${TEST_ARGS[@]:5:3}"; do
+  for f in pyproject.toml "${CLI//.//}.py" bench/gpu_summary.py "${TEST_ARGS[@]:5:3}"; do
     [[ -e $REPO/$f ]] || { echo "gpu_run.sh --dry-run: missing $REPO/$f" >&2; exit 1; }
   done
   command -v timeout > /dev/null || { echo "gpu_run.sh --dry-run: no timeout command" >&2; exit 1; }
-  "$PY" - "${CHECK_ARGS[@]}" <<'PYEOF' || exit 1
-import sys
-from xsoftmax.cli import build_parser
-parser = build_parser()
-parser.parse_args(sys.argv[1:])
-print("   check arguments parse:", " ".join(sys.argv[1:]))
-PYEOF
+  parse="import importlib, sys; importlib.import_module(sys.argv[1]).build_parser().parse_args(sys.argv[2:])"
+  "$PY" -c "$parse" "$CLI" "${CHECK_ARGS[@]}" || exit 1
+  echo "   check arguments parse: ${CHECK_ARGS[*]}"
   for shape in "${SHAPES[@]}"; do
-    "$PY" -c "import sys; from xsoftmax.cli import build_parser; build_parser().parse_args(sys.argv[1:])" \
+    "$PY" -c "$parse" "$CLI" \
       bench --backends cupy --engines "$ENGINES" --peers torch --shapes "$shape" --dtype "$DTYPES" \
       --json x.json --plot x.png || { echo "gpu_run.sh --dry-run: bench rejects $shape" >&2; exit 1; }
   done
@@ -153,10 +150,10 @@ if [[ $DRY != 1 ]] && ! "$VPY" -c "import torch, sys; sys.exit(not torch.cuda.is
   PEERS=none
   echo "torch with CUDA is not available: the bench runs without the torch peer" | tee "$OUTDIR/peer-note.txt"
 fi
-step check 40 "$VPY" -m xsoftmax.cli "${CHECK_ARGS[@]}"
+step check 40 "$VPY" -m "$CLI" "${CHECK_ARGS[@]}"
 step tests 75 "$VPY" -m pytest "${TEST_ARGS[@]}"
 for shape in "${SHAPES[@]}"; do
-  step "bench-$shape" "${SHAPE_LIMIT_S[$shape]}" "$VPY" -m xsoftmax.cli bench --backends cupy \
+  step "bench-$shape" "${SHAPE_LIMIT_S[$shape]}" "$VPY" -m "$CLI" bench --backends cupy \
     --engines "$ENGINES" --peers "$PEERS" --shapes "$shape" --dtype "$DTYPES" --repeat 5 \
     --json "$OUTDIR/bench-$shape.json"
 done
