@@ -211,3 +211,137 @@ def test_nvrtc_rejects_a_broken_kernel(nvrtc, options):
     src = cupy_source(build_kernel(broken), broken, "float32", "int32", "contiguous")
     with pytest.raises(AssertionError, match="lse_undefined"):
         compile_cubin(nvrtc, src, broken.name, options, "sm_80")
+
+
+# --- the row-fused kernel (engine "fused-row"): a RawModule of templates ---
+
+from xsoftmax._engines._cuda_source import ROW_KERNEL_NAMES, ROW_SOURCE  # noqa: E402
+
+PTXAS = "/usr/local/cuda/bin/ptxas"
+
+
+def compile_row(nvrtc, options, arch: str, *, ptx: bool = False, source: str = ROW_SOURCE):
+    """NVRTC output (cubin for ``sm_XX``, PTX for ``compute_XX``) of every row-kernel instantiation.
+
+    Compiled with the engine's own ``row_options()`` plus the ``-ftz=true``
+    CuPy adds to every RawModule (``options``, CuPy's, only gate the test on
+    the CUDA headers being found).
+    """
+    from xsoftmax._engines.cupy import row_options
+
+    options = [*row_options(), "-ftz=true"]
+    prog = nvrtc.createProgram(source, "xsoftmax_row.cu", [], [])
+    try:
+        for name in ROW_KERNEL_NAMES:
+            nvrtc.addNameExpression(prog, name)
+        target = arch.replace("sm_", "compute_") if ptx else arch
+        try:
+            nvrtc.compileProgram(prog, options + [f"--gpu-architecture={target}"])
+        except nvrtc.NVRTCError as exc:
+            log = nvrtc.getProgramLog(prog)
+            raise AssertionError(f"NVRTC rejected the row kernel for {arch}: {exc}\n{log}") from None
+        lowered = [nvrtc.getLoweredName(prog, name) for name in ROW_KERNEL_NAMES]
+        return (nvrtc.getPTX(prog) if ptx else nvrtc.getCUBIN(prog)), lowered
+    finally:
+        nvrtc.destroyProgram(prog)
+
+
+def test_nvrtc_row_module_ships_the_row_source():
+    from xsoftmax._engines.cupy import row_module, row_options
+
+    module = row_module()
+    assert module.code == ROW_SOURCE
+    assert tuple(module.name_expressions) == ROW_KERNEL_NAMES
+    assert module.options == row_options() and "--std=c++17" in module.options
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_nvrtc_compiles_the_row_kernel(nvrtc, options, arch):
+    cubin, lowered = compile_row(nvrtc, options, arch)
+    assert len(cubin) > 0
+    # Every dtype pair is instantiated: 4 score types x 2 label types.
+    assert len(set(lowered)) == len(ROW_KERNEL_NAMES) == 8
+    assert all(name.startswith("_Z17xsoftmax_row_loss") for name in lowered)
+
+
+def test_nvrtc_rejects_a_broken_row_kernel(nvrtc, options):
+    broken = ROW_SOURCE.replace("acc[0] += xsoftmax_exp(x);", "acc[0] += xsoftmax_exp(undefined_x);")
+    assert broken != ROW_SOURCE
+    with pytest.raises(AssertionError, match="undefined_x"):
+        compile_row(nvrtc, options, "sm_80", source=broken)
+
+
+SPILL_ENTRY = (
+    r"Compiling entry function '(\w+)' for 'sm_90'.*?"
+    r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads.*?"
+    r"Used (\d+) registers"
+)
+
+
+def ptxas_report(ptx: bytes, arch: str, tmp_path, *extra: str) -> tuple[str, str]:
+    """``ptxas -v`` of ``ptx``: (its report, a note on any PTX version rewrite).
+
+    The NVRTC wheel may be newer than the toolkit's ptxas; then ptxas names the
+    newest PTX ISA it reads and the ``.version`` line is lowered to it (the
+    kernel uses no instruction of a newer ISA, or ptxas fails below).
+    """
+    import re
+    import subprocess
+
+    path = tmp_path / f"row_{arch}.ptx"
+    path.write_bytes(ptx)
+    cmd = [PTXAS, "-v", *extra, f"-arch={arch}", str(path), "-o", str(tmp_path / f"row_{arch}.cubin")]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    note = ""
+    skew = re.search(r"Unsupported \.version (\d+\.\d+); current version is '(\d+\.\d+)'", res.stderr)
+    if res.returncode and skew:
+        text = ptx.decode()
+        path.write_text(re.sub(r"^\.version \S+", f".version {skew[2]}", text, count=1, flags=re.M))
+        note = f"PTX .version {skew[1]} (NVRTC) lowered to {skew[2]} (ptxas); "
+        res = subprocess.run(cmd, capture_output=True, text=True)
+    assert res.returncode == 0, f"ptxas failed:\n{res.stderr[-3000:]}"
+    return res.stdout + res.stderr, note
+
+
+def test_nvrtc_row_kernel_has_no_spill_on_sm_90(nvrtc, options, tmp_path, record_property):
+    import re
+
+    if not os.path.exists(PTXAS):
+        pytest.fail(f"{PTXAS} is missing: the spill check needs the CUDA toolkit's ptxas")
+    ptx, lowered = compile_row(nvrtc, options, "sm_90", ptx=True)
+    report, note = ptxas_report(ptx, "sm_90", tmp_path)
+    entries = re.findall(SPILL_ENTRY, report, flags=re.S)
+    assert sorted(e[0] for e in entries) == sorted(lowered), report
+    names = dict(zip(lowered, ROW_KERNEL_NAMES, strict=True))
+    lines = [f"{names[e[0]]}: {e[4]} registers/thread, stack {e[1]} B, spill {e[2]}/{e[3]} B"
+             for e in entries]
+    print(f"ptxas -v sm_90 ({note}{PTXAS}):\n  " + "\n  ".join(lines))
+    record_property("registers_per_thread_sm_90", {names[e[0]]: int(e[4]) for e in entries})
+    assert all(e[2] == "0" and e[3] == "0" for e in entries), "\n".join(lines)
+    # float32 and 16-bit rows run 1024-thread blocks: at most 64 registers a
+    # thread (65536 per SM). float64 may need more; the engine then caps its
+    # blocks by the kernel's own max_threads_per_block.
+    # The same check with NVRTC's own ptxas (no version skew): its cubin log.
+    prog = nvrtc.createProgram(ROW_SOURCE, "xsoftmax_row.cu", [], [])
+    try:
+        for name in ROW_KERNEL_NAMES:
+            nvrtc.addNameExpression(prog, name)
+        nvrtc.compileProgram(prog, options + ["--gpu-architecture=sm_90", "--ptxas-options=-v"])
+        log = nvrtc.getProgramLog(prog)
+    finally:
+        nvrtc.destroyProgram(prog)
+    spills = re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log)
+    assert len(spills) == len(ROW_KERNEL_NAMES) and all(s == ("0", "0") for s in spills), log
+    regs = {names[e[0]]: int(e[4]) for e in entries}
+    assert all(r <= 64 for name, r in regs.items() if "double" not in name), "\n".join(lines)
+
+
+def test_nvrtc_spill_check_sees_a_spill(nvrtc, options, tmp_path):
+    # The parse has teeth: squeezed to 16 registers, the same PTX must spill.
+    import re
+
+    ptx, _ = compile_row(nvrtc, options, "sm_90", ptx=True)
+    report, _ = ptxas_report(ptx, "sm_90", tmp_path, "--maxrregcount=16")
+    entries = re.findall(SPILL_ENTRY, report, flags=re.S)
+    assert len(entries) == len(ROW_KERNEL_NAMES)
+    assert any(int(e[2]) > 0 and int(e[3]) > 0 for e in entries), report

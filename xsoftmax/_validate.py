@@ -32,7 +32,7 @@ __all__ = [
 ]
 
 REDUCTIONS = ("mean", "sum", "none")
-ENGINES = ("auto", "reference", "fused")
+ENGINES = ("auto", "reference", "fused", "fused-row")
 
 
 def _shape(x: Array) -> tuple[Any, ...]:

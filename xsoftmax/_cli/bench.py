@@ -92,7 +92,12 @@ NOT_BY_DEFAULT = {
     "array_api_strict": "a conformance namespace, not a performance backend (ask with --backends)",
 }
 
-DTYPES = ("float32", "float64", "float16")
+DTYPES = ("float32", "float64", "float16", "bfloat16")
+
+#: Dtypes NumPy has no name for: their rows are made by :func:`_bfloat16_case`
+#: (torch only; CuPy has no bfloat16 arrays) and their floor copies the same
+#: bytes as float16.
+NO_NUMPY_DTYPE = {"bfloat16": "float16"}
 
 #: Backends whose fused engine is also timed with a reused ``out=`` buffer
 #: (engine ``fused-out``, on request).
@@ -129,7 +134,7 @@ class Case:
         return np.asarray(xs.to_numpy(loss), np.float64), xs.to_numpy(d)
 
     def peak_bytes(self) -> int | None:
-        if self.device == "cpu" and not self.host_traced:
+        if not self.host_traced:  # (torch on CUDA allocates outside CuPy's pool hook too)
             return None
         return timing.peak_bytes(self.fn, device=self.device)
 
@@ -168,6 +173,8 @@ def make_case(
 
     if backend == "dask":
         return _dask_case(engine, shape, dtype, seed=seed, client=client)
+    if dtype in NO_NUMPY_DTYPE:
+        return _bfloat16_case(backend, engine, shape, seed=seed)
     scores, y = host_inputs(shape, dtype, seed)
     s = xs.asarray(scores, backend=backend)
     yb = xs.asarray(y, backend=backend)
@@ -270,25 +277,19 @@ def naive_softmax_loss(scores: np.ndarray, y: np.ndarray) -> tuple[float, np.nda
     return loss, dscores
 
 
-def make_peer(name: str, shape: tuple[int, int], dtype: str, *, seed: int = 0) -> Case:
-    """A peer implementation of the same mean cross-entropy, forward and backward."""
+def make_peer(name: str, shape: tuple[int, int], dtype: str, *, seed: int = 0, device: str = "cpu") -> Case:
+    """A peer implementation of the same mean cross-entropy, forward and backward.
+
+    ``device="cuda"``: the torch peer on CUDA tensors, timed with CUDA events
+    like the CuPy rows (torch and CuPy both enqueue on the legacy default stream).
+    """
+    if name == "torch":
+        return _torch_peer(shape, dtype, seed=seed, device=device)
+    if device != "cpu" or dtype in NO_NUMPY_DTYPE:
+        raise ValueError(f"peer {name} runs on the CPU in float16/32/64 only, got {device} {dtype}")
     scores, y = host_inputs(shape, dtype, seed)
     inputs = lambda: (scores.astype(np.float64), y)  # noqa: E731
     library, label = PEERS[name]
-    if name == "torch":
-        import torch
-        import torch.nn.functional as F
-
-        leaf = torch.from_numpy(scores).requires_grad_()
-        yt = torch.from_numpy(y)
-
-        def fn() -> tuple[Any, Any]:
-            leaf.grad = None
-            loss = F.cross_entropy(leaf, yt)
-            loss.backward()
-            return loss.detach(), leaf.grad
-
-        return Case("torch", label, "peer", "cpu", fn, inputs, host_traced=False)
     if name == "jax":
         import jax
         import jax.numpy as jnp
@@ -392,7 +393,7 @@ def measure_case(case: Case, shape: tuple[int, int], dtype: str, floor_timing: t
     err = max_abs_err(case, result)
     del result
     timed = timing.measure(case.fn, repeat=repeat, device=case.device, warmup=0)
-    nbytes = timing.pass_bytes(shape, np.dtype(dtype).itemsize)
+    nbytes = timing.pass_bytes(shape, np.dtype(NO_NUMPY_DTYPE.get(dtype, dtype)).itemsize)
     return Row(
         backend=case.backend,
         engine=case.engine,
@@ -492,14 +493,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backends", type=choice_list(BACKENDS),
                         help=f"comma-separated backends (default: every available one but "
                              f"{', '.join(NOT_BY_DEFAULT)})")
-    parser.add_argument("--engines", type=choice_list(("reference", "fused", "fused-out")),
+    parser.add_argument("--engines", type=choice_list(("reference", "fused", "fused-row", "fused-out")),
                         help="comma-separated engines (default: reference, and fused where the backend "
-                             "has one); fused-out: the fused engine writing into a reused out= buffer "
+                             "has one, fused-row on cupy); fused-out: the fused engine writing into a "
+                             "reused out= buffer "
                              f"({', '.join(OUT_BUFFER_BACKENDS)})")
     parser.add_argument("--shapes", type=parse_shapes, default=list(DEFAULT_SHAPES),
                         help=f"comma-separated NxC shapes (default: {shapes})")
     parser.add_argument("--dtype", type=choice_list(DTYPES), default=["float32"],
-                        help="comma-separated dtypes: float32, float64, float16 (default: float32)")
+                        help="comma-separated dtypes: float32, float64, float16, bfloat16 "
+                             "(bfloat16: torch rows and the torch peer only) (default: float32)")
     parser.add_argument("--repeat", type=int, default=5, help="timed calls per row (default: 5)")
     parser.add_argument("--peers", nargs="?", type=parse_peers, const=list(PEERS), default=None,
                         help="compare with peers: a comma-separated list of "
@@ -515,6 +518,52 @@ def parse_peers(text: str) -> list[str]:
     if text in ("all", "none"):
         return list(PEERS) if text == "all" else []
     return choice_list(tuple(PEERS))(text)
+
+
+def _torch_tensors(shape: tuple[int, int], dtype: str, seed: int, device: str) -> tuple[Any, Any, Any]:
+    """Scores (rounded to ``dtype``, on ``device``), labels, and ``inputs()`` giving them as float64."""
+    import torch
+
+    scores, y = host_inputs(shape, "float32" if dtype in NO_NUMPY_DTYPE else dtype, seed)
+    s = torch.from_numpy(scores).to(device=device, dtype=getattr(torch, dtype))
+    yt = torch.from_numpy(y).to(device)
+    inputs = lambda: (s.detach().to("cpu", torch.float64).numpy(), y)  # noqa: E731
+    return s, yt, inputs
+
+
+def _torch_peer(shape: tuple[int, int], dtype: str, *, seed: int, device: str) -> Case:
+    import torch.nn.functional as F
+
+    s, yt, inputs = _torch_tensors(shape, dtype, seed, device)
+    leaf = s.requires_grad_()
+
+    def fn() -> tuple[Any, Any]:
+        leaf.grad = None
+        loss = F.cross_entropy(leaf, yt)
+        loss.backward()
+        return loss.detach(), leaf.grad
+
+    return Case("torch", PEERS["torch"][1], "peer", device, fn, inputs, host_traced=False)
+
+
+def _bfloat16_case(backend: str, engine: str, shape: tuple[int, int], *, seed: int) -> Case:
+    """``xs.softmax_loss`` on bfloat16 scores: torch tensors only (NumPy and CuPy have no bfloat16)."""
+    if backend != "torch":
+        raise ValueError(f"bfloat16 rows need torch tensors; {backend} has no bfloat16 arrays")
+    import xsoftmax as xs
+
+    s, yt, inputs = _torch_tensors(shape, "bfloat16", seed, "cpu")
+    return Case(backend, engine, "xsoftmax", "cpu", lambda: xs.softmax_loss(s, yt, engine=engine), inputs,
+                host_traced=False)
+
+
+def peer_device(name: str, backends: list[str] | None) -> str:
+    """Where peer ``name`` runs: the torch peer on CUDA when CuPy rows are asked for and torch sees a GPU."""
+    if name != "torch" or not backends or "cupy" not in backends:
+        return "cpu"
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def plan(
@@ -617,7 +666,8 @@ def run(args: argparse.Namespace) -> int:
             "floors": [
                 {"device": d, "shape": f"{s[0]}x{s[1]}", "dtype": t, "median_ms": f.median * 1e3,
                  "spread_ms": f.spread * 1e3,
-                 "gbps": timing.bandwidth_gbps(timing.pass_bytes(s, np.dtype(t).itemsize), f.median)}
+                 "gbps": timing.bandwidth_gbps(
+                     timing.pass_bytes(s, np.dtype(NO_NUMPY_DTYPE.get(t, t)).itemsize), f.median)}
                 for (d, s, t), f in floors.items()
             ],
             "skipped": skipped,
@@ -636,12 +686,13 @@ def _measure_unit(backend: str | None, name: str, shape: tuple[int, int], dtype:
                   args: argparse.Namespace, client: Any) -> Row:
     """One row; its input buffers are freed on return, before the next row allocates."""
     if backend is None:
-        case = make_peer(name, shape, dtype, seed=args.seed)
+        case = make_peer(name, shape, dtype, seed=args.seed, device=peer_device(name, args.backends))
     else:
         case = make_case(backend, name, shape, dtype, seed=args.seed, client=client)
     key = (case.device, shape, dtype)
     if key not in floors:
-        floors[key] = floor(case.device, shape, dtype, repeat=max(args.repeat, 5), client=client)
+        same_bytes = NO_NUMPY_DTYPE.get(dtype, dtype)
+        floors[key] = floor(case.device, shape, same_bytes, repeat=max(args.repeat, 5), client=client)
     return measure_case(case, shape, dtype, floors[key], repeat=args.repeat)
 
 
@@ -677,9 +728,9 @@ def print_table(rows: list[Row], floors: dict, skipped: list[str], elapsed: floa
         print(line)
     print()
     for (device, shape, dtype), t in floors.items():
-        gbps = timing.bandwidth_gbps(timing.pass_bytes(shape, np.dtype(dtype).itemsize), t.median)
-        n, c = shape
-        print(f"copy floor {device:<4} {n}x{c} {dtype}: {t.median * 1e3:.2f} ms ({gbps:.1f} GB/s)")
+        itemsize = np.dtype(NO_NUMPY_DTYPE.get(dtype, dtype)).itemsize
+        gbps = timing.bandwidth_gbps(timing.pass_bytes(shape, itemsize), t.median)
+        print(f"copy floor {device:<4} {shape[0]}x{shape[1]} {dtype}: {t.median * 1e3:.2f} ms ({gbps:.1f} GB/s)")
     for line in skipped:
         print(f"skipped {line}")
     print(f"x floor = median time / time of a plain copy of the same bytes on the same device "

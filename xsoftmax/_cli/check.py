@@ -234,10 +234,11 @@ class Tally:
 
 
 def engines_for(backend: str) -> list[str]:
-    """``reference`` always, ``fused`` where the backend has a fused engine."""
+    """``reference`` always, ``fused`` where the backend has a fused engine, ``fused-row`` on CuPy."""
     from .._engines import FUSED
 
-    return ["reference"] + (["fused"] if backend in FUSED else [])
+    row = ["fused-row"] if backend == "cupy" else []
+    return ["reference"] + (["fused"] if backend in FUSED else []) + row
 
 
 def _has_dtype(backend: str, dtype: str) -> bool:
@@ -425,7 +426,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--engines",
-        help="comma-separated engines: reference, fused (default: every engine of each backend)",
+        help="comma-separated engines: reference, fused, fused-row (CuPy) (default: every engine of "
+             "each backend)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default: 0)")
     parser.add_argument("-v", "--verbose", action="store_true", help="list every failing case")
@@ -451,8 +453,8 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     engines = None if args.engines is None else comma_list(args.engines)
-    if engines is not None and not set(engines) <= {"reference", "fused"}:
-        print(f"xsoftmax check: --engines must list reference and/or fused, got {args.engines}",
+    if engines is not None and not set(engines) <= {"reference", "fused", "fused-row"}:
+        print(f"xsoftmax check: --engines must list reference, fused and/or fused-row, got {args.engines}",
               file=sys.stderr)
         return 2
 

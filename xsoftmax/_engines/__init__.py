@@ -10,6 +10,9 @@ coefficients with :mod:`xsoftmax._reduction`, like every other engine.
 * ``"fused"``: the backend's own fast engine, listed in :data:`FUSED`; a
   ``ValueError`` for a backend that has none.
 * ``"auto"``: the fused engine where the backend has one, else the reference.
+* ``"fused-row"``: the CuPy row-fused kernel (one read and one write of the
+  scores; see :func:`xsoftmax._engines.cupy.softmax_loss_row`), CuPy arrays
+  only. ``"auto"`` does not pick it until a GPU measurement shows it faster.
 
 Engine modules are imported on first use, so ``import xsoftmax`` never
 imports CuPy or Dask.
@@ -47,6 +50,13 @@ def select_engine(xp: ArrayNamespace, engine: str) -> EngineFn:
     if engine == "reference":
         return _reference()
     name = backend_name(xp)
+    if engine == "fused-row":
+        if name != "cupy":
+            raise ValueError(
+                f"engine='fused-row' runs when the scores are CuPy arrays, got {name} arrays; "
+                "use engine='auto', 'fused' or 'reference'"
+            )
+        return importlib.import_module(FUSED["cupy"]).softmax_loss_row
     module = FUSED.get(name)
     if module is None:
         if engine == "fused":

@@ -33,7 +33,21 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-__all__ = ["GRAD", "KERNELS", "LSE", "PREAMBLE", "SMOOTH", "ElementwiseSpec", "ReductionSpec"]
+__all__ = [
+    "GRAD",
+    "KERNELS",
+    "LSE",
+    "PREAMBLE",
+    "ROW_KERNEL_NAMES",
+    "ROW_LABEL_TYPES",
+    "ROW_SCORE_TYPES",
+    "ROW_SCRATCH_BYTES",
+    "ROW_SOURCE",
+    "SMOOTH",
+    "ElementwiseSpec",
+    "ReductionSpec",
+    "row_kernel_name",
+]
 
 #: Device helpers shared by every kernel. ``__int_as_float`` (a CUDA
 #: intrinsic, provided by the CPU twin) spells +inf because NVRTC defines
@@ -159,3 +173,175 @@ GRAD = ElementwiseSpec(
 
 #: Every kernel the engine ships, by the key the engine launches it with.
 KERNELS: dict[str, ReductionSpec | ElementwiseSpec] = {"lse": LSE, "smooth": SMOOTH, "grad": GRAD}
+
+
+#: Bytes at the start of the row kernel's dynamic shared memory that hold the
+#: cross-warp partials (3 sums × 32 warps × 8 bytes); the rows follow.
+ROW_SCRATCH_BYTES = 3 * 32 * 8
+
+#: The row-fused kernel ``xsoftmax_row_loss<T, I>`` (the ``"fused-row"``
+#: engine): a group of ``group`` threads (a power of two, 1-1024) owns a row;
+#: a block holds ``blockDim.x / group`` rows, each staged once in shared
+#: memory as ``T``. Per row:
+#:
+#: 1. read the row from global memory into shared memory, with the group's
+#:    max (warp shuffles, then one shared-memory pass when a group spans
+#:    several warps); ``m`` is the max, reset to 0 when not finite;
+#: 2. from shared memory: ``Σ exp(s − m)``, ``t = s_y − m`` and, with
+#:    smoothing, ``u = Σ w_k (s_k − m)``, reduced the same way;
+#:    ``l = log Σ`` (``+inf`` when the max is ``+inf``);
+#: 3. from shared memory: ``d_k = c e^{s_k − m − l} − a 1[k = y] − b w_k``,
+#:    written once, through the row stride of ``d`` (``d`` may be ``s``: the
+#:    row is in shared memory before any of it is written).
+#:
+#: Every thread of a block runs every shuffle and barrier (rows past ``n``
+#: take part with identity values), as ``__shfl_xor_sync(0xffffffff, ...)``
+#: and ``__syncthreads`` require. Offsets are 64-bit; the label is only
+#: compared with ``k``. No atomics: each row's outputs have one writer.
+ROW_SOURCE = r"""
+#ifndef XSOFTMAX_BLOCK_TWIN
+#include <cuda_fp16.h>
+#include <cuda_bf16.h>
+#endif
+
+template <typename T> struct xsoftmax_compute { typedef float type; };
+template <> struct xsoftmax_compute<double> { typedef double type; };
+
+__device__ __forceinline__ float xsoftmax_load(float x) { return x; }
+__device__ __forceinline__ double xsoftmax_load(double x) { return x; }
+__device__ __forceinline__ float xsoftmax_load(__half x) { return __half2float(x); }
+__device__ __forceinline__ float xsoftmax_load(__nv_bfloat16 x) { return __bfloat162float(x); }
+
+__device__ __forceinline__ void xsoftmax_store(float* p, float v) { *p = v; }
+__device__ __forceinline__ void xsoftmax_store(double* p, double v) { *p = v; }
+__device__ __forceinline__ void xsoftmax_store(__half* p, float v) { *p = __float2half_rn(v); }
+__device__ __forceinline__ void xsoftmax_store(__nv_bfloat16* p, float v) {
+  *p = __float2bfloat16_rn(v);
+}
+
+__device__ __forceinline__ float xsoftmax_exp(float x) { return expf(x); }
+__device__ __forceinline__ double xsoftmax_exp(double x) { return exp(x); }
+__device__ __forceinline__ float xsoftmax_log(float x) { return logf(x); }
+__device__ __forceinline__ double xsoftmax_log(double x) { return log(x); }
+
+// x - x is 0 exactly for finite x, NaN for ±inf and NaN.
+template <typename F>
+__device__ __forceinline__ bool xsoftmax_finite(F x) { return x - x == (F)0; }
+
+template <typename F>
+__device__ __forceinline__ F xsoftmax_row_inf() { return (F)__int_as_float(0x7f800000); }
+
+// A NaN on either side wins, so a NaN logit reaches l (and the loss).
+template <typename F>
+__device__ __forceinline__ F xsoftmax_nanmax(F a, F b) { return (a > b || a != a) ? a : b; }
+
+// Lanes of one warp combine by xor shuffles (a butterfly: every lane ends with
+// the whole group's value); a group wider than a warp then adds its warps'
+// partials from shared memory, in warp order, so every thread of a group gets
+// bit-identical results. `group` is uniform over the block, so every thread
+// takes the same branches and meets the same barriers.
+template <typename F, int K, bool MAX>
+__device__ __forceinline__ void xsoftmax_group_reduce(F (&v)[K], int group, F* scratch) {
+  const int width = group < 32 ? group : 32;
+  for (int o = width / 2; o > 0; o >>= 1) {
+    for (int j = 0; j < K; ++j) {
+      const F other = __shfl_xor_sync(0xffffffffu, v[j], o);
+      v[j] = MAX ? xsoftmax_nanmax(v[j], other) : v[j] + other;
+    }
+  }
+  if (group > 32) {
+    const int warp = threadIdx.x / 32, first = (threadIdx.x / group) * (group / 32);
+    if (threadIdx.x % 32 == 0) {
+      for (int j = 0; j < K; ++j) scratch[j * 32 + warp] = v[j];
+    }
+    __syncthreads();
+    for (int j = 0; j < K; ++j) {
+      F acc = scratch[j * 32 + first];
+      for (int q = 1; q < group / 32; ++q) {
+        const F x = scratch[j * 32 + first + q];
+        acc = MAX ? xsoftmax_nanmax(acc, x) : acc + x;
+      }
+      v[j] = acc;
+    }
+    __syncthreads();  // the scratch is free again for the next reduction
+  }
+}
+
+template <typename T, typename I>
+__global__ void xsoftmax_row_loss(
+    const T* s, long long s_row_stride, const I* y, long long n, long long c,
+    const typename xsoftmax_compute<T>::type* coef_a,
+    const typename xsoftmax_compute<T>::type* coef_c,
+    const typename xsoftmax_compute<T>::type* coef_b,
+    const typename xsoftmax_compute<T>::type* w, int smooth, int group,
+    typename xsoftmax_compute<T>::type* l_out, typename xsoftmax_compute<T>::type* t_out,
+    typename xsoftmax_compute<T>::type* u_out, T* d, long long d_row_stride) {
+  typedef typename xsoftmax_compute<T>::type F;
+  extern __shared__ __align__(16) unsigned char xsoftmax_smem[];
+  F* scratch = (F*)xsoftmax_smem;
+  const int rows = blockDim.x / group;
+  const int r = threadIdx.x / group, lane = threadIdx.x % group;
+  T* buf = (T*)(xsoftmax_smem + 3 * 32 * 8) + (long long)r * c;
+  for (long long base = (long long)blockIdx.x * rows; base < n;
+       base += (long long)gridDim.x * rows) {
+    const long long row = base + r;
+    const bool active = row < n;
+
+    F mx[1] = {-xsoftmax_row_inf<F>()};
+    if (active) {
+      const T* src = s + row * s_row_stride;
+      for (long long k = lane; k < c; k += group) {
+        const T x = src[k];
+        buf[k] = x;
+        mx[0] = xsoftmax_nanmax(mx[0], xsoftmax_load(x));
+      }
+    }
+    xsoftmax_group_reduce<F, 1, true>(mx, group, scratch);
+    const F m = xsoftmax_finite(mx[0]) ? mx[0] : (F)0;
+
+    const I label = active ? y[row] : (I)0;  // compared with k, never an index
+    F acc[3] = {(F)0, (F)0, (F)0};  // sum of exp(s - m), t, u
+    if (active) {
+      for (long long k = lane; k < c; k += group) {
+        const F x = xsoftmax_load(buf[k]) - m;
+        acc[0] += xsoftmax_exp(x);
+        if (k == label) acc[1] = x;
+        if (smooth) acc[2] += w[k] * x;
+      }
+    }
+    xsoftmax_group_reduce<F, 3, false>(acc, group, scratch);
+    const F l = mx[0] == xsoftmax_row_inf<F>() ? mx[0] : xsoftmax_log(acc[0]);
+
+    if (active) {
+      if (lane == 0) {
+        l_out[row] = l;
+        t_out[row] = acc[1];
+        if (smooth) u_out[row] = acc[2];
+      }
+      const F ca = coef_a[row], cc = coef_c[row], cb = smooth ? coef_b[row] : (F)0;
+      T* dst = d + row * d_row_stride;
+      for (long long k = lane; k < c; k += group) {
+        F g = cc * xsoftmax_exp(xsoftmax_load(buf[k]) - m - l) - (k == label ? ca : (F)0);
+        if (smooth) g -= cb * w[k];
+        xsoftmax_store(dst + k, g);
+      }
+    }
+    __syncthreads();  // every thread is done with buf before the next rows overwrite it
+  }
+}
+"""
+
+#: CuPy dtype names -> the C++ types of ``xsoftmax_row_loss<T, I>``.
+ROW_SCORE_TYPES = {
+    "float32": "float", "float64": "double", "float16": "__half", "bfloat16": "__nv_bfloat16",
+}
+ROW_LABEL_TYPES = {"int32": "int", "int64": "long long"}
+
+
+def row_kernel_name(scores: str, labels: str) -> str:
+    """The instantiation of the row kernel for these dtype names (``RawModule`` name expression)."""
+    return f"xsoftmax_row_loss<{ROW_SCORE_TYPES[scores]}, {ROW_LABEL_TYPES[labels]}>"
+
+
+#: Every instantiation the engine may launch.
+ROW_KERNEL_NAMES = tuple(row_kernel_name(s, i) for s in ROW_SCORE_TYPES for i in ROW_LABEL_TYPES)
