@@ -19,13 +19,14 @@ import subprocess
 import numpy as np
 import pytest
 from _block_twin import HEADER, BlockTwinLauncher, BlockTwinUnavailable, compiler
-from _cpu_twin import TwinLauncher
-from _helpers import ENGINE_TOLERANCES
 
 import xsoftmax as xs
 from xsoftmax._engines._cuda_source import ROW_SOURCE
 from xsoftmax._engines.cupy import fused_row_softmax_loss, row_plan
 from xsoftmax._validate import check_loss_inputs, check_out
+
+from _cpu_twin import TwinLauncher
+from _helpers import ENGINE_TOLERANCES
 
 pytestmark = pytest.mark.cpu_twin
 

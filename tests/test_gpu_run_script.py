@@ -115,8 +115,8 @@ def test_gpu_summary_with_no_rows(tmp_path):
 
 
 def test_bench_accepts_the_gpu_run_engines_and_dtypes():
-    from xsoftmax._cli.check import engines_for
     from xsoftmax._cli import build_parser
+    from xsoftmax._cli.check import engines_for
 
     args = build_parser().parse_args(["bench", "--backends", "cupy", "--engines", "fused,fused-row,reference",
                                       "--peers", "torch", "--dtype", "float32,bfloat16"])
@@ -129,7 +129,7 @@ def test_bench_bfloat16_rows_are_torch_only():
     pytest.importorskip("torch")
     import numpy as np
 
-    from xsoftmax import bench
+    from xsoftmax._cli import bench
 
     peer = bench.make_peer("torch", (32, 50), "bfloat16")
     row = bench.measure_case(peer, (32, 50), "bfloat16", bench.floor("cpu", (32, 50), "float16", repeat=2),
@@ -144,7 +144,7 @@ def test_bench_bfloat16_rows_are_torch_only():
 
 
 def test_bench_torch_peer_device():
-    from xsoftmax import bench
+    from xsoftmax._cli import bench
 
     assert bench.peer_device("torch", None) == "cpu"
     assert bench.peer_device("naive", ["cupy"]) == "cpu"

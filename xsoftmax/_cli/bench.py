@@ -730,7 +730,8 @@ def print_table(rows: list[Row], floors: dict, skipped: list[str], elapsed: floa
     for (device, shape, dtype), t in floors.items():
         itemsize = np.dtype(NO_NUMPY_DTYPE.get(dtype, dtype)).itemsize
         gbps = timing.bandwidth_gbps(timing.pass_bytes(shape, itemsize), t.median)
-        print(f"copy floor {device:<4} {shape[0]}x{shape[1]} {dtype}: {t.median * 1e3:.2f} ms ({gbps:.1f} GB/s)")
+        n, c = shape
+        print(f"copy floor {device:<4} {n}x{c} {dtype}: {t.median * 1e3:.2f} ms ({gbps:.1f} GB/s)")
     for line in skipped:
         print(f"skipped {line}")
     print(f"x floor = median time / time of a plain copy of the same bytes on the same device "
