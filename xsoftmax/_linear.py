@@ -26,7 +26,7 @@ Default ``R`` (:func:`default_chunk_rows`): the buffer gets a budget of
 1/16 of the ``N × C`` logits, i.e. ``R = ⌈N / 16⌉``, but at least
 :data:`MIN_CHUNK_ROWS` rows (smaller matrix products run well below BLAS
 peak) and at most ``N``. With the loss engine's own scratch (under a tenth
-of the chunk) and :data:`DW_BLOCK_BYTES` for adding to ``dw`` the extra
+of the chunk) and a quarter of it for adding to ``dw``, the extra
 memory stays under 1/8 of the logits for ``N ≥ 16 · MIN_CHUNK_ROWS``.
 
 Backends: NumPy and CuPy run the fused engine in place on a preallocated
@@ -222,8 +222,11 @@ def _mutable(p: Problem, denom: Array | None) -> tuple[Any, ...]:
     dx = mod.empty((n, d), dtype=cdt)
     dw = mod.zeros((d, c), dtype=cdt)
     db = None if b is None else mod.zeros((c,), dtype=cdt)
-    cols = max(1, min(c, DW_BLOCK_BYTES // max(1, d * mod.dtype(cdt).itemsize)))
-    part = mod.empty((d, cols), dtype=cdt)
+    # x_rᵀ g_r goes to dw through a temporary of a few columns at a time, at
+    # most a quarter of the buffer's bytes (and DW_BLOCK_BYTES).
+    part_bytes = min(DW_BLOCK_BYTES, buf.nbytes // 4)
+    cols = max(1, min(c, part_bytes // max(1, d * buf.itemsize)))
+    part = mod.empty((d, cols), dtype=cdt) if n > rows or cols < c else None
     row_losses = mod.empty((n,), dtype=cdt) if p.reduction == "none" else None
     total: Any = None
     for r0 in range(0, n, rows):
@@ -235,7 +238,7 @@ def _mutable(p: Problem, denom: Array | None) -> tuple[Any, ...]:
             s += b
         loss, g = engine(_chunk_inputs(p, s, r0, r1, denom), out=s)
         mod.matmul(g, w.T, out=dx[r0:r1])
-        if r0 == 0 and cols == c:
+        if part is None or (r0 == 0 and cols == c):
             mod.matmul(xr.T, g, out=dw)  # the first chunk's product is dw itself
         else:
             for j0 in range(0, c, cols):

@@ -15,7 +15,7 @@ logits exist one row chunk at a time (:mod:`xsoftmax._linear`).
 
 CPU tensors of NumPy dtypes run the NumPy engine on zero-copy views; other
 tensors (CUDA, bfloat16) run the generic code on torch tensors. Double
-backward raises (``once_differentiable``).
+backward (``create_graph=True``) raises a ``RuntimeError`` that says so.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.autograd.function import once_differentiable
 
 from ._linear import check_linear_inputs, linear_lse_forward, linear_none_backward, linear_softmax_loss
 
@@ -84,8 +83,12 @@ class _LinearCrossEntropy(torch.autograd.Function):
         return _tensor(rows, x).to(x.dtype)
 
     @staticmethod
-    @once_differentiable
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
+        if torch.is_grad_enabled():  # backward(create_graph=True): a gradient of the gradient
+            raise RuntimeError(
+                "linear_cross_entropy is differentiable once: its backward computes no graph, so "
+                "double backward (create_graph=True, higher-order gradients) is not supported"
+            )
         none = (None,) * 6
         if ctx.reduction != "none":
             dx, dW, db = ctx.saved_tensors
