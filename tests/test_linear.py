@@ -82,7 +82,7 @@ def to_backend(xp, *arrays, row_chunks=10):
 
 
 def check(got, expected, *, rtol=1e-10, atol=1e-12):
-    for name, g, e in zip(("loss", "dx", "dw", "db"), got, expected):
+    for name, g, e in zip(("loss", "dx", "dw", "db"), got, expected, strict=True):
         if e is None:
             assert g is None, name
             continue
@@ -142,7 +142,7 @@ def test_inputs_are_not_mutated(xp):
     for reduction in ("mean", "none"):
         xs.linear_softmax_loss(bx, bw, bb, by, reduction=reduction, weight=bweight, ignore_index=IGNORE,
                                label_smoothing=0.1, chunk_rows=4)  # fmt: skip
-    for a, old in zip(arrays, before):
+    for a, old in zip(arrays, before, strict=True):
         np.testing.assert_array_equal(xs.to_numpy(a), old)
 
 

@@ -52,6 +52,7 @@ from ._typing import Array, ArrayNamespace, DType
 from ._validate import (
     LossInputs,
     _wide_labels,
+    bad_labels,
     check_floating,
     check_labels,
     check_loss_inputs,
@@ -350,9 +351,9 @@ def linear_softmax_loss(
     if backend_name(p.xp) == "dask":
         from ._linear_dask import linear_softmax_loss_dask
 
-        return linear_softmax_loss_dask(p, _eager)  # type: ignore[return-value]
+        return linear_softmax_loss_dask(p, _eager)
     denom = mean_denominator(p) if p.reduction == "mean" else None
-    return _eager(p, denom)  # type: ignore[return-value]
+    return _eager(p, denom)
 
 
 # ---- "none" in two passes, for the autograd adapters -------------------------------------------
@@ -386,6 +387,15 @@ def _target_logits(xp: ArrayNamespace, s: Array, y: Array) -> Array:
     return xp.where(inside, picked, xp.zeros_like(picked))
 
 
+def _poison(p: Problem, yr: Array, a: Array) -> Array:
+    """Rows of ``a`` with labels that could not be checked (traced JAX) and are bad become NaN."""
+    if not p.labels_unchecked:
+        return a
+    bad = bad_labels(yr, p.w.shape[1], p.ignore_index)
+    nan = p.xp.asarray(float("nan"), dtype=a.dtype)
+    return p.xp.where(bad if a.ndim == 1 else bad[:, None], nan, a)
+
+
 def linear_lse_forward(p: Problem) -> tuple[Array, Array]:
     """``(row losses, lse)`` of every row, chunk by chunk: the forward pass of "none".
 
@@ -404,7 +414,7 @@ def linear_lse_forward(p: Problem) -> tuple[Array, Array]:
         u = None
         if coef.beta is not None:
             u = xp.sum(s * weight, axis=1) if weight is not None else xp.sum(s, axis=1)
-        rows.append(row_loss(xp, coef, lse, _target_logits(xp, s, yr), u))
+        rows.append(_poison(p, yr, row_loss(xp, coef, lse, _target_logits(xp, s, yr), u)))
         lses.append(lse)
     if not rows:
         empty = xp.zeros((0,), dtype=p.cdt, device=device(p.x))
@@ -437,6 +447,7 @@ def linear_none_backward(p: Problem, lse: Array, grad_rows: Array) -> tuple[Arra
         if coef.b is not None:
             wk = weight if weight is not None else xp.ones_like(prob[0])
             g = g - (gam * coef.b)[:, None] * wk
+        g = _poison(p, yr, g)
         dxs.append(xp.matmul(g, xp.matrix_transpose(_cast(xp, p.w, p.cdt))))
         part = xp.matmul(xp.matrix_transpose(xr), g)
         dw = part if dw is None else dw + part

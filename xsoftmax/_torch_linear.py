@@ -50,7 +50,7 @@ def _tensor(a: Any, like: torch.Tensor) -> Any:
 
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any,
         x: torch.Tensor,
         linear_weight: torch.Tensor,
@@ -83,7 +83,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         return _tensor(rows, x).to(x.dtype)
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
         if torch.is_grad_enabled():  # backward(create_graph=True): a gradient of the gradient
             raise RuntimeError(
                 "linear_cross_entropy is differentiable once: its backward computes no graph, so "
@@ -110,7 +110,7 @@ def linear_cross_entropy(
     linear_bias: torch.Tensor | None = None,
     *,
     weight: torch.Tensor | None = None,
-    ignore_index: int = -100,
+    ignore_index: int | None = -100,
     reduction: str = "mean",
     label_smoothing: float = 0.0,
     chunk_rows: int | None = None,
@@ -142,7 +142,10 @@ def linear_cross_entropy(
 
 
 class LinearCrossEntropyLoss(torch.nn.Module):
-    """``nn.Module`` form of :func:`linear_cross_entropy`; ``forward(input, linear_weight, target, linear_bias=None)``."""
+    """``nn.Module`` form of :func:`linear_cross_entropy`.
+
+    ``forward(input, linear_weight, target, linear_bias=None)`` takes the function's order.
+    """
 
     def __init__(
         self,
@@ -153,6 +156,7 @@ class LinearCrossEntropyLoss(torch.nn.Module):
         chunk_rows: int | None = None,
     ) -> None:
         super().__init__()
+        self.weight: torch.Tensor | None
         self.register_buffer("weight", weight)
         self.ignore_index = ignore_index
         self.reduction = reduction
