@@ -286,3 +286,43 @@ def test_labels_and_options_checked_as_in_softmax_loss():
         xs.linear_softmax_loss(x, w, b, y, weight=np.ones(C + 1))
     with pytest.raises(ValueError, match="chunk_rows must be a positive integer"):
         xs.linear_softmax_loss(x, w, b, y, chunk_rows=0)
+
+
+# ---- the CuPy path without a GPU ----------------------------------------------------------
+
+
+def test_cupy_arrays_select_cupy_and_its_fused_engine():
+    pytest.importorskip("cupy")
+    import array_api_compat.cupy as cxp
+
+    from xsoftmax._engines import cupy as cupy_engine
+
+    mod, engine = linear_mod.native(cxp)
+    assert mod.__name__ == "cupy" and engine is cupy_engine.softmax_loss
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_chunk_loop_with_the_cupy_kernels_on_a_cpu_twin(tmp_path, reduction):
+    """The chunk loop of the CuPy path, with the CuPy engine's driver and its kernel text built for the CPU."""
+    from _cpu_twin import TwinLauncher, TwinUnavailable, compiler
+
+    from xsoftmax._engines.cupy import fused_softmax_loss
+
+    try:
+        compiler()
+    except TwinUnavailable as exc:
+        pytest.skip(str(exc))
+    launcher = TwinLauncher(str(tmp_path))
+    calls = []
+
+    def engine(inp, *, out=None):
+        calls.append(out is inp.scores)
+        return fused_softmax_loss(inp, launcher, out=out)
+
+    x, w, b, y, weight = problem(seed=9)
+    kw = {"weight": weight, "ignore_index": IGNORE, "label_smoothing": 0.1}
+    p = linear_mod.check_linear_inputs(x, w, b, y, reduction=reduction, chunk_rows=6, **kw)
+    denom = linear_mod.mean_denominator(p) if reduction == "mean" else None
+    got = linear_mod._mutable(p, denom, mod=np, engine=engine)
+    assert calls == [True] * 4  # ⌈23 / 6⌉ chunks, each in place
+    check(got, oracle(x, w, b, y, reduction=reduction, **kw), rtol=1e-9, atol=1e-11)

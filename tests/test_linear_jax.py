@@ -32,8 +32,7 @@ def setup(opt, seed=0):
     return x, w, b, y, kw
 
 
-@pytest.mark.parametrize("jit", [False, True])
-@pytest.mark.parametrize("chunk_rows", [1, 7, None])
+@pytest.mark.parametrize(("chunk_rows", "jit"), [(1, False), (7, True), (None, True)])
 @pytest.mark.parametrize("opt", list(OPTIONS))
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 def test_value_and_grad_match_the_oracle(reduction, opt, chunk_rows, jit):

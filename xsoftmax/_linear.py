@@ -206,13 +206,23 @@ def _empty_loss(p: Problem, denom: Array | None) -> Array:
     return xp.asarray(value, dtype=p.cdt, device=dev)
 
 
-def _mutable(p: Problem, denom: Array | None) -> tuple[Any, ...]:
-    """NumPy and CuPy: the fused engine in place on one buffer; products with ``out=``."""
-    if backend_name(p.xp) == "cupy":
+def native(xp: ArrayNamespace) -> tuple[Any, Any]:
+    """``(module, engine)`` of a mutable backend: ``cupy`` or ``numpy`` and its fused loss engine."""
+    if backend_name(xp) == "cupy":
         import cupy as mod
     else:
         import numpy as mod
-    engine = select_engine(p.xp, "auto")
+    return mod, select_engine(xp, "auto")
+
+
+def _mutable(p: Problem, denom: Array | None, mod: Any = None, engine: Any = None) -> tuple[Any, ...]:
+    """NumPy and CuPy: the fused engine in place on one buffer; products with ``out=``.
+
+    ``mod`` and ``engine`` default to :func:`native`'s (tests pass the CuPy
+    engine's driver with a CPU twin of its kernels on NumPy buffers).
+    """
+    if mod is None or engine is None:
+        mod, engine = native(p.xp)
     n, d = p.x.shape
     c = p.w.shape[1]
     cdt = p.cdt
