@@ -303,7 +303,7 @@ def test_cupy_arrays_select_cupy_and_its_fused_engine():
 
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 def test_chunk_loop_with_the_cupy_kernels_on_a_cpu_twin(tmp_path, reduction):
-    """The chunk loop of the CuPy path, with the CuPy engine's driver and its kernel text built for the CPU."""
+    """The CuPy path's chunk loop, with the CuPy engine's driver and its kernel text built for the CPU."""
     from _cpu_twin import TwinLauncher, TwinUnavailable, compiler
 
     from xsoftmax._engines.cupy import fused_softmax_loss

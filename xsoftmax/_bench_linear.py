@@ -167,7 +167,7 @@ def measure_linear(n: int, d: int, c: int, dtype: str, *, repeat: int, seed: int
         if name != "torch":
             box: list[Any] = []
             total = _timing.peak_bytes(lambda: box.append(fn()))  # noqa: B023 (called at once)
-            peak = total - _result_bytes(box.pop())
+            peak = None if total is None else total - _result_bytes(box.pop())
         timings[name] = (timing.median, peak)
     base = timings.get("unfused", (float("nan"), None))[0]
     return [
