@@ -101,3 +101,11 @@ def test_bad_label_under_jit_poisons_only_its_row():
     assert np.isnan(out[4]) and np.all(np.isfinite(np.delete(out, 4)))
     with pytest.raises(ValueError, match=r"y\[4\] = 99"):
         linear_cross_entropy(jnp.asarray(x), jnp.asarray(w.T), jnp.asarray(y))
+
+
+def test_shapes_that_do_not_chain():
+    x, w, b, y, _ = setup("plain")
+    with pytest.raises(ValueError, match=r"w \(C, D\) do not chain.*\(23, 4\).*\(7, 3\)"):
+        linear_cross_entropy(jnp.asarray(x), jnp.asarray(w.T[:, :3]), jnp.asarray(y))
+    with pytest.raises(ValueError, match=r"labels must have x's shape"):
+        linear_cross_entropy(jnp.asarray(x), jnp.asarray(w.T), jnp.asarray(y[:5]))

@@ -111,5 +111,7 @@ def test_bad_shapes():
     x, w, b, y, _ = make()
     with pytest.raises(ValueError, match=r"target must have input's shape.*\(3, 5, 4\).*\(3, 4\)"):
         linear_cross_entropy(x, w, y[:, :4], b)
-    with pytest.raises(ValueError, match=r"do not chain"):
+    with pytest.raises(ValueError, match=r"linear_weight \(C, D\) do not chain.*\(3, 5, 4\).*\(9, 3\)"):
         linear_cross_entropy(x, w[:, :3], y, b)
+    with pytest.raises(ValueError, match=r"b must have shape \(C,\) = \(9,\)"):
+        linear_cross_entropy(x, w, y, b[:5])

@@ -93,6 +93,11 @@ def linear_cross_entropy(
             f"labels must have x's shape without its last axis: x has shape {tuple(x.shape)}, "
             f"labels has shape {tuple(labels.shape)}"
         )
+    if w.ndim != 2 or w.shape[1] != x.shape[-1]:
+        raise ValueError(
+            f"x (..., D) and w (C, D) do not chain: x has shape {tuple(x.shape)}, w has shape "
+            f"{tuple(w.shape)} (expected (C, {x.shape[-1]}))"
+        )
     opts = (reduction, ignore_index, label_smoothing, chunk_rows)
     loss = _loss(x.reshape(-1, x.shape[-1]), w, b, labels.reshape(-1), weight, opts)
     return loss.reshape(labels.shape) if reduction == "none" else loss

@@ -131,6 +131,11 @@ def linear_cross_entropy(
             f"{tuple(input.shape)}, target has shape {tuple(target.shape)}"
         )
     d = input.shape[-1]
+    if linear_weight.ndim != 2 or linear_weight.shape[1] != d:
+        raise ValueError(
+            f"input (..., D) and linear_weight (C, D) do not chain: input has shape {tuple(input.shape)}, "
+            f"linear_weight has shape {tuple(linear_weight.shape)} (expected (C, {d}))"
+        )
     x = input.reshape(-1, d)
     y = target.reshape(-1)
     if ignore_index is not None and y.numel() and not bool((y == ignore_index).any()):
