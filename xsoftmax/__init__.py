@@ -25,6 +25,7 @@ from ._layers import (
     relu_backward,
     relu_forward,
 )
+from ._linear import linear_softmax_loss
 from ._softmax import log_softmax, logsumexp, softmax, softmax_loss
 
 try:
@@ -44,6 +45,7 @@ __all__ = [
     "datasets",
     "get_backend",
     "gradcheck",
+    "linear_softmax_loss",
     "log_softmax",
     "logsumexp",
     "nets",

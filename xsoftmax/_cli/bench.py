@@ -511,6 +511,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", metavar="PATH", help="write every row and the machine to PATH")
     parser.add_argument("--plot", metavar="PATH", help="write a PNG of GB/s against C (needs matplotlib)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default: 0)")
+    parser.add_argument("--linear", type=int, metavar="D", default=None,
+                        help="instead: the fused linear + softmax loss with x of (N, D) against the unfused "
+                             "path and torch, for each --shapes NxC (time, peak memory; --plot: memory vs C)")
 
 
 def parse_peers(text: str) -> list[str]:
@@ -617,6 +620,10 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"xsoftmax bench: {exc}", file=sys.stderr)
         return 2
+    if args.linear is not None:
+        from .bench_linear import run_linear
+
+        return run_linear(args)
     if args.plot and (problem := plotting.missing("bench")):
         print(problem, file=sys.stderr)  # before a minute of measuring, not after
         return 2
