@@ -6,12 +6,13 @@ import tracemalloc
 
 import numpy as np
 import pytest
-from _helpers import dtype_of, has_float16, is_backend, no_compute, on, ref_softmax_loss
 
 import xsoftmax as xs
 import xsoftmax._linear as linear_mod
 from xsoftmax._backend import array_namespace, backend_name
 from xsoftmax._linear import MIN_CHUNK_ROWS, default_chunk_rows
+
+from _helpers import dtype_of, has_float16, is_backend, no_compute, on, ref_softmax_loss
 
 N, D, C = 23, 4, 7
 IGNORE = -100
@@ -304,9 +305,9 @@ def test_cupy_arrays_select_cupy_and_its_fused_engine():
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 def test_chunk_loop_with_the_cupy_kernels_on_a_cpu_twin(tmp_path, reduction):
     """The CuPy path's chunk loop, with the CuPy engine's driver and its kernel text built for the CPU."""
-    from _cpu_twin import TwinLauncher, TwinUnavailable, compiler
-
     from xsoftmax._engines.cupy import fused_softmax_loss
+
+    from _cpu_twin import TwinLauncher, TwinUnavailable, compiler
 
     try:
         compiler()
