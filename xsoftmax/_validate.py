@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any, NamedTuple
+from typing import Any
 
 from ._backend import array_namespace, backend_name, device, is_lazy
-from ._reduction import RowCoefficients, row_coefficients
-from ._typing import Array, ArrayNamespace, DType
+from ._reduction import LossInputs
+from ._typing import Array, ArrayNamespace
 
 __all__ = [
     "LossInputs",
@@ -80,7 +80,7 @@ def check_floating(xp: ArrayNamespace, x: Array, name: str) -> None:
 def check_same_device(xp: ArrayNamespace, names: tuple[str, ...], *arrays: Array) -> None:
     """All non-``None`` arrays must live on one device."""
     first = None
-    for name, arr in zip(names, arrays):
+    for name, arr in zip(names, arrays, strict=True):
         if arr is None or is_lazy(arr):
             continue
         dev = device(arr)
@@ -90,44 +90,6 @@ def check_same_device(xp: ArrayNamespace, names: tuple[str, ...], *arrays: Array
             raise ValueError(
                 f"inputs live on two devices: {first[0]} is on {first[1]} but {name} is on {dev}"
             )
-
-
-class LossInputs(NamedTuple):
-    """Validated arguments of ``softmax_loss`` (see :func:`check_loss_inputs`)."""
-
-    xp: ArrayNamespace
-    scores: Array
-    y: Array
-    weight: Array | None
-    ignore_index: int | None
-    label_smoothing: float
-    reduction: str
-    #: True when the labels could not be range-checked (traced JAX arrays):
-    #: engines must then turn rows with bad labels into NaN.
-    labels_unchecked: bool
-    #: For "mean" over a block of a larger batch (the Dask engine's chunks):
-    #: the whole batch's denominator D, 0-d; None means "from these labels".
-    denom: Array | None = None
-
-    def coefficients(
-        self, y: Array, *, weight: Array | None, dtype: DType, denom: Array | None
-    ) -> RowCoefficients:
-        """:func:`~xsoftmax._reduction.row_coefficients` of labels ``y`` under this call's options.
-
-        ``y``: this call's labels or some of them; ``weight``: the class
-        weights in ``dtype``; ``denom``: the "mean" denominator (None: from ``y``).
-        """
-        return row_coefficients(
-            self.xp,
-            y,
-            num_classes=self.scores.shape[1],
-            weight=weight,
-            ignore_index=self.ignore_index,
-            label_smoothing=self.label_smoothing,
-            reduction=self.reduction,
-            dtype=dtype,
-            denom=denom,
-        )
 
 
 def label_error(row: int, value: int, num_classes: int, ignore_index: int | None) -> ValueError:
@@ -250,7 +212,9 @@ def check_loss_inputs(
         check_floating(xp, weight, "weight")
     y = _wide_labels(xp, y, c, ignore_index)
     y, unchecked = check_labels(xp, y, c, ignore_index)
-    return LossInputs(xp, scores, y, weight, ignore_index, label_smoothing, reduction, unchecked)
+    return LossInputs(
+        xp, scores, y, weight, ignore_index, label_smoothing, reduction, unchecked, backend=backend_name(xp)
+    )
 
 
 def check_out(xp: ArrayNamespace, out: Any, scores: Array) -> None:

@@ -223,9 +223,9 @@ class Tally:
 
 def engines_for(backend: str) -> list[str]:
     """``reference`` always, ``fused`` where the backend has a fused engine."""
-    from ._engines import FUSED
+    from ._engines import has_fused
 
-    return ["reference"] + (["fused"] if backend in FUSED else [])
+    return ["reference"] + (["fused"] if has_fused(backend) else [])
 
 
 def _has_dtype(backend: str, dtype: str) -> bool:

@@ -30,10 +30,9 @@ import functools
 from typing import Any, Protocol
 
 from .._backend import device
-from .._dtypes import compute_dtype
-from .._reduction import reduce_loss, row_loss
+from .._dtypes import compute_dtype, narrow
+from .._reduction import LossInputs, reduce_loss, row_coefficients, row_loss
 from .._typing import Array
-from .._validate import LossInputs
 from ._cuda_source import KERNELS, PREAMBLE, ElementwiseSpec, ReductionSpec
 
 __all__ = ["Launcher", "build_kernel", "fused_softmax_loss", "kernels", "softmax_loss"]
@@ -109,7 +108,7 @@ def fused_softmax_loss(
     launch("lse", s, xp.expand_dims(y, axis=1), xp.expand_dims(classes, axis=0), m, l, t)
 
     w = None if inp.weight is None else xp.astype(inp.weight, fdt)
-    coef = inp.coefficients(y, weight=w, dtype=fdt, denom=inp.denom)
+    coef = row_coefficients(inp._replace(weight=w), fdt)
     # Without smoothing b = 0 and w never matters: w = 1 keeps 0 · w exactly 0.
     w_or_one = w if w is not None else xp.ones((c,), dtype=fdt, device=dev)
     u = None
@@ -118,20 +117,22 @@ def fused_softmax_loss(
         launch("smooth", s, xp.expand_dims(m, axis=1), xp.expand_dims(w_or_one, axis=0), u)
     loss = reduce_loss(xp, coef, row_loss(xp, coef, l, t, u), inp.reduction)
 
-    b = coef.b if coef.b is not None else xp.zeros((n,), dtype=fdt, device=dev)
+    # The kernel reads per-row arrays (raw, contiguous); a coefficient shared
+    # by every row (0-d) is spread over the rows (v · 1 = v, bit for bit).
+    ones = xp.ones((n,), dtype=fdt, device=dev)
+    b = coef.b if coef.b is not None else xp.zeros((), dtype=fdt, device=dev)
+    a, c_, b = (v if v.ndim else ones * v for v in (coef.a, coef.c, b))
     d = out if out is not None else xp.empty(s.shape, dtype=s.dtype, device=dev)
-    launch("grad", s, y, m, l, coef.a, coef.c, b, w_or_one, c, d)
-    if loss.dtype != s.dtype:
-        loss = xp.astype(loss, s.dtype)
-    return loss, d
+    launch("grad", s, y, m, l, a, c_, b, w_or_one, c, d)
+    return narrow(xp, loss, s.dtype), d
 
 
-def softmax_loss(inp: LossInputs, *, out: Array | None = None) -> tuple[Array, Array]:
+def softmax_loss(inp: LossInputs, /, *, out: Array | None = None) -> tuple[Array, Array]:
     """The ``"fused"`` engine for CuPy arrays (signature of every engine)."""
     if inp.scores.shape[0] == 0 or inp.labels_unchecked:
         # Nothing to launch (or labels the kernels could not trust, which no
         # eager CuPy array produces): the reference engine's results.
-        from .._softmax import reference_softmax_loss
+        from .reference import softmax_loss as reference
 
-        return reference_softmax_loss(inp, out=out)
+        return reference(inp, out=out)
     return fused_softmax_loss(inp, _cupy_launch, out=out)

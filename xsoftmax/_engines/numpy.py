@@ -78,12 +78,14 @@ from numpy.lib.stride_tricks import as_strided
 
 from .._dtypes import compute_dtype
 from .._reduction import (
+    LossInputs,
     RowCoefficients,
-    label_weights,
+    mean_denominator,
     mean_of_total,
+    row_coefficients,
     row_loss,
 )
-from .._validate import LossInputs, check_positive_int
+from .._validate import check_positive_int
 
 __all__ = ["NUM_THREADS_ENV", "default_num_threads", "softmax_loss"]
 
@@ -186,6 +188,7 @@ class _Problem(NamedTuple):
 
 def softmax_loss(
     inp: LossInputs,
+    /,
     *,
     out: np.ndarray | None = None,
     num_threads: int | None = None,
@@ -234,10 +237,12 @@ def softmax_loss(
         if inp.denom is not None:  # one block of a larger batch (the Dask engine)
             denom = np.asarray(inp.denom, dtype=cdt)
         else:
-            denom = _denominator(xp, y, weight, c, inp.ignore_index, cdt)
+            denom = mean_denominator(
+                xp, y, weight=weight, ignore_index=inp.ignore_index, dtype=cdt, chunk_rows=CHUNK_ROWS
+            )
     shared = None
-    if uniform and n:
-        shared = _shared_coefficients(inp, y, denom, cdt)
+    if uniform and n:  # every row has the same (0-d) coefficients
+        shared = row_coefficients(inp._replace(y=y, weight=None, denom=denom), cdt)
     problem = _Problem(
         inp=inp,
         scores=scores,
@@ -345,28 +350,6 @@ def _same_view(a: np.ndarray, b: np.ndarray) -> bool:
     )
 
 
-def _denominator(xp, y, weight, c, ignore_index, cdt) -> Any:
-    """``D = Σ_i v_i w_{y_i}`` of the whole batch, summed in chunks of :data:`CHUNK_ROWS`.
-
-    Chunks keep the label temporaries small and fix the order of the sum.
-    Without class weights and ``ignore_index`` every row counts 1: ``D = N``.
-    """
-    if weight is None and ignore_index is None:
-        return np.asarray(len(y), dtype=cdt)
-    parts = np.empty(math.ceil(len(y) / CHUNK_ROWS), dtype=cdt)
-    for j in range(len(parts)):
-        _, wy = label_weights(
-            xp,
-            y[j * CHUNK_ROWS : (j + 1) * CHUNK_ROWS],
-            num_classes=c,
-            weight=weight,
-            ignore_index=ignore_index,
-            dtype=cdt,
-        )
-        parts[j] = np.add.reduce(wy)
-    return np.add.reduce(parts)
-
-
 class _ChunkSums:
     """``Σ_i rows_i`` as ``Σ_j (Σ_{i ∈ chunk j} rows_i)`` over fixed chunks of rows.
 
@@ -442,25 +425,14 @@ class _Scratch:
 
 def _coefficients(p: _Problem, r0: int, r1: int) -> RowCoefficients:
     """The coefficients of rows ``r0:r1``, with the whole batch's "mean" denominator."""
-    if p.shared is not None:  # the same for every row: views, nothing computed
-        return p.shared._make(f[r0:r1] if _is_row_vector(f) else f for f in p.shared)
-    return p.inp.coefficients(p.y[r0:r1], weight=p.weight, dtype=p.cdt, denom=p.denom)
+    if p.shared is not None:  # the same for every row: 0-d, nothing computed
+        return p.shared
+    return row_coefficients(p.inp._replace(y=p.y[r0:r1], weight=p.weight, denom=p.denom), p.cdt)
 
 
-def _shared_coefficients(
-    inp: LossInputs, y: np.ndarray, denom: Any, cdt: np.dtype
-) -> RowCoefficients:
-    """Without class weights or ``ignore_index`` every row has the same coefficients.
-
-    They are computed once, for the first label, and broadcast (stride 0)
-    to all ``N`` rows: the tasks slice them like per-row vectors.
-    """
-    one = inp.coefficients(y[:1], weight=None, dtype=cdt, denom=denom)
-    return one._make(np.broadcast_to(f, (len(y),)) if _is_row_vector(f) else f for f in one)
-
-
-def _is_row_vector(f: Any) -> bool:
-    return isinstance(f, np.ndarray) and f.ndim == 1
+def _at(v: Any, rows: slice) -> Any:
+    """The task's rows ``rows`` of a coefficient (a 0-d one is the same for all rows)."""
+    return v[rows] if v.ndim else v
 
 
 def _task(p: _Problem, r0: int, r1: int, scratch: _Scratch) -> None:
@@ -538,16 +510,16 @@ def _block(
     np.exp2(z, out=z)
     _row_sum(z, se[rows])
     np.take(flat, target, out=ey[rows], mode="clip")  # in range ("raise" would buffer)
-    r = np.divide(coef.c[rows], se[rows], out=scratch.vec[:n])
+    r = np.divide(_at(coef.c, rows), se[rows], out=scratch.vec[:n])
     np.multiply(z, r[:, None], out=z)
     # d_{i,y_i} = e_{i,y_i} c_i / σ_i − a_i, the same product as the line above
     # makes, then stored by index (np.subtract.at would hold the GIL).
     dy = np.multiply(ey[rows], r, out=r)
-    dy -= coef.a[rows]
+    dy -= _at(coef.a, rows)
     flat[target] = dy
     if coef.b is not None:
         if p.weight is None:
-            np.subtract(z, coef.b[rows, None], out=z)
+            np.subtract(z, coef.b if coef.b.ndim == 0 else coef.b[rows, None], out=z)
         else:  # z −= b ⊗ w, a few rows at a time
             b, k = coef.b[rows], len(scratch.outer)
             for i in range(0, n, k):
