@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 import xsoftmax as xs
 from xsoftmax._engines import numpy as engine
+from xsoftmax._engines._numpy_rows import store
 from xsoftmax._engines import select_engine
 from xsoftmax._validate import check_loss_inputs
 
@@ -654,7 +655,7 @@ def test_threads_and_blocks_of_the_scratch_budget(monkeypatch, c, opts, explicit
     if explicit == "env":
         monkeypatch.setenv(engine.NUM_THREADS_ENV, "4")
     seen = []
-    monkeypatch.setattr(engine, "_run_blocks", lambda p, t: seen.append((t, p.block_rows)))
+    monkeypatch.setattr(engine, "_run_tasks", lambda prob: seen.append((prob.plan.threads, prob.plan.block_rows)))
     n = 262144 * 10 // c
     scores, y, kw = _problem(n, c, opts=opts)
     _run(scores, y, num_threads=explicit if isinstance(explicit, int) else None, **kw)
@@ -681,7 +682,7 @@ def test_short_row_blocks_of_whole_loss_chunks(monkeypatch, n, whole_chunks):
     monkeypatch.delenv(engine.NUM_THREADS_ENV, raising=False)
     monkeypatch.setattr(engine, "default_num_threads", lambda: 2)
     seen = []
-    monkeypatch.setattr(engine, "_run_blocks", lambda p, t: seen.append((t, p.block_rows)))
+    monkeypatch.setattr(engine, "_run_tasks", lambda prob: seen.append((prob.plan.threads, prob.plan.block_rows)))
     scores, y, kw = _problem(n, 10)
     _run(scores, y, **kw)
     [(used, block)] = seen
@@ -806,6 +807,6 @@ def test_float16_store_is_numpy_rounding_bit_for_bit():
         expected = x.astype(np.float16)
     out = np.empty_like(expected)
     with np.errstate(all="ignore"):  # as in the engine: 65520 and up overflow to inf
-        engine._store(x, out)
+        store(x, out)
     same = out.view(np.uint16) == expected.view(np.uint16)
     assert np.all(same | (np.isnan(out) & np.isnan(expected)))
