@@ -810,3 +810,26 @@ def test_float16_store_is_numpy_rounding_bit_for_bit():
         store(x, out)
     same = out.view(np.uint16) == expected.view(np.uint16)
     assert np.all(same | (np.isnan(out) & np.isnan(expected)))
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize("opts", OPTIONS, ids=_ids)
+@pytest.mark.parametrize("n,c", [(1, 1), (100, 3), (256, 10), (64, 300), (3000, 10)])
+def test_small_call_path_gives_the_blocked_bits(n, c, opts, dtype):
+    """Below SMALL_WORK a call runs on one thread in one block, with no planning:
+    the same bits as the planned, threaded, blocked path (also with out=)."""
+    scores, y, kw = _problem(n, c, dtype, opts=opts, seed=n + c)
+    assert n * c <= engine.SMALL_WORK
+    small_loss, small_d = _run(scores, y, **kw)
+    loss, d = _run(scores, y, num_threads=3, block_rows=7, **kw)
+    _same_bits(small_loss, loss)
+    _same_bits(small_d, d)
+    out = np.empty_like(scores)
+    _same_bits(_run(scores, y, out=out, **kw)[1], d)
+    in_place = scores.copy()
+    _same_bits(_run(in_place, y, out=in_place, **kw)[1], d)
+
+
+def test_small_call_of_no_rows():
+    loss, d = _run(np.zeros((0, 3), np.float32), np.zeros(0, np.int64), reduction="sum")
+    assert d.shape == (0, 3) and float(loss) == 0.0

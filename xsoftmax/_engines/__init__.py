@@ -23,6 +23,7 @@ replace a module's ``softmax_loss``.
 from __future__ import annotations
 
 import importlib
+import sys
 from typing import Protocol
 
 from .._reduction import LossInputs
@@ -56,7 +57,9 @@ def has_fused(backend: str) -> bool:
 
 
 def _load(key: str) -> SoftmaxLossEngine:
-    fn: SoftmaxLossEngine = importlib.import_module(ENGINES[key]).softmax_loss
+    name = ENGINES[key]
+    module = sys.modules.get(name) or importlib.import_module(name)  # the first lookup is the import
+    fn: SoftmaxLossEngine = module.softmax_loss
     return fn
 
 

@@ -34,6 +34,7 @@ use, fewer for short rows. Measurements behind the constants:
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import threading
@@ -85,8 +86,16 @@ SHORT_ROWS_PER_THREAD = 12288
 #: Unshifted rows keep ``Σ_k exp(s_ik)`` in ``[1/SUM_RANGE, SUM_RANGE]``: no overflow, normal
 #: largest terms, and ``|s| ≤ ln SUM_RANGE`` so rounding ``s log2 e`` costs a few float32 ulps.
 SUM_RANGE = 2.0**24
+#: Elements (N·C) up to which a call runs on the caller's thread in one block, unplanned: a second
+#: thread costs more than it saves there.
+SMALL_WORK = 32768
 #: Rows per chunk of the fixed-order sums of row losses and of ``D``.
 CHUNK_ROWS = 4096
+
+
+_COMPUTE_DTYPES = {np.dtype(t): np.dtype(compute_dtype(np, np.dtype(t))) for t in "efd"}
+_finfo = functools.cache(np.finfo)
+_LOG_CONSTANTS = {dt: (dt.type(1 / math.log(2)), dt.type(math.log(2))) for dt in _COMPUTE_DTYPES.values()}
 
 
 def default_num_threads() -> int:
@@ -140,8 +149,9 @@ def softmax_loss(
     """
     scores = np.asarray(inp.scores)
     n, c = scores.shape
-    cdt = np.dtype(compute_dtype(inp.xp, scores.dtype))
-    threads = check_positive_int(default_num_threads() if num_threads is None else num_threads, "num_threads")
+    cdt = _COMPUTE_DTYPES.get(scores.dtype) or np.dtype(compute_dtype(np, scores.dtype))
+    if num_threads is not None:
+        num_threads = check_positive_int(num_threads, "num_threads")
     final = None  # a caller's `out` that cannot be written block by block
     if out is None:
         out = np.empty((n, c), dtype=scores.dtype)
@@ -152,20 +162,23 @@ def softmax_loss(
     y = np.asarray(inp.y)
     # A copy, also when the dtype matches: `out` may alias the caller's weights.
     weight = None if inp.weight is None else np.array(inp.weight, dtype=cdt)
-    tune = num_threads is None and not os.environ.get(NUM_THREADS_ENV, "").strip()
-    plan = _plan(inp, out, scores, cdt, threads, block_rows, tune_threads=tune)
-    denom = None
-    if inp.reduction == "mean":  # given: one block of a larger batch (the Dask engine)
+    plan = _plan(inp, out, scores, cdt, num_threads, block_rows)
+    uniform = weight is None and inp.ignore_index is None  # every row: the same 0-d coefficients
+    shared = denom = None
+    if uniform and n and inp.denom is None:
+        shared = _uniform_coefficients(cdt, inp.label_smoothing, c, inp.reduction, n)
+        denom = shared.denom
+    elif inp.reduction == "mean":  # given: one block of a larger batch (the Dask engine)
         denom = mean_denominator(
-            inp.xp, y, weight=weight, ignore_index=inp.ignore_index, dtype=cdt, chunk_rows=CHUNK_ROWS
+            np, y, weight=weight, ignore_index=inp.ignore_index, dtype=cdt, chunk_rows=CHUNK_ROWS
         ) if inp.denom is None else np.asarray(inp.denom, dtype=cdt)
-    inp = inp._replace(y=y, weight=weight, denom=denom)
-    shared = None
-    if weight is None and inp.ignore_index is None and n:  # every row: the same 0-d coefficients
+    # Plain NumPy for the coefficients: array-api-compat's wrappers cost more than the rows here.
+    inp = inp._replace(xp=np, y=y, weight=weight, denom=denom)
+    if uniform and n and shared is None:
         shared = row_coefficients(inp, cdt)
     sums = None if inp.reduction == "none" else _ChunkSums(n, cdt)
     row_losses = np.empty(n, dtype=scores.dtype) if sums is None else None
-    log2e, ln2 = cdt.type(1 / math.log(2)), cdt.type(math.log(2))
+    log2e, ln2 = _LOG_CONSTANTS.get(cdt) or (cdt.type(1 / math.log(2)), cdt.type(math.log(2)))
     prob = _Problem(inp, scores, out, row_losses, sums, cdt, plan, shared, log2e, ln2)
     _run_tasks(prob)
 
@@ -175,17 +188,32 @@ def softmax_loss(
         loss = np.asarray(prob.sums.total())  # a 0-d array, not NumPy's scalar
         if denom is not None:
             loss = mean_of_total(np, loss, denom)  # NaN when D = 0, as PyTorch
-        with np.errstate(over="ignore"):  # a float16 sum past 65504 is inf, as "none" rows are
-            loss = loss.astype(scores.dtype)
+        if loss.dtype != scores.dtype:
+            with np.errstate(over="ignore"):  # a float16 sum past 65504 is inf, as "none" rows are
+                loss = loss.astype(scores.dtype)
     if final is not None:
         np.copyto(final, out)
         out = final
     return loss, out
 
 
+@functools.lru_cache(maxsize=64)
+def _uniform_coefficients(cdt: np.dtype, eps: float, c: int, reduction: str, n: int) -> RowCoefficients:
+    """The 0-d coefficients of ``n`` rows without class weights or ``ignore_index`` (read-only):
+    they depend on these five values only, so a training loop's minibatches share them."""
+    rows = np.broadcast_to(np.intp(0), (n,))  # n labels, none read
+    denom = mean_denominator(np, rows, weight=None, ignore_index=None, dtype=cdt)
+    inputs = LossInputs(np, np.empty((0, c), cdt), rows, None, None, eps, reduction, False, denom)
+    coef = row_coefficients(inputs, cdt)
+    for v in coef:
+        if isinstance(v, np.ndarray):
+            v.setflags(write=False)
+    return coef
+
+
 def _plan(
-    inp: LossInputs, out: np.ndarray, scores: np.ndarray, cdt: np.dtype, threads: int,
-    block_rows: int | None, *, tune_threads: bool,
+    inp: LossInputs, out: np.ndarray, scores: np.ndarray, cdt: np.dtype, num_threads: int | None,
+    block_rows: int | None,
 ) -> _Plan:
     """Threads, rows per block and per task, and where blocks are computed.
 
@@ -193,6 +221,7 @@ def _plan(
     row in scratch blocks) within :data:`SCRATCH_SHARE` of the gradient. Short
     rows: fewer threads, one block per task, of whole loss chunks where four
     fit. Others: :data:`BLOCK_BYTES` blocks, tasks of whole blocks, 4+ per thread.
+    Up to :data:`SMALL_WORK` elements (no knob or variable set): this thread, one block.
     """
     n, c = out.shape
     in_place = _same_view(out, scores)
@@ -200,6 +229,10 @@ def _plan(
     # reads again after its blocks, for shifts and far-off targets) or not a
     # C-contiguous compute-dtype array.
     direct = out.dtype == cdt and out.flags.c_contiguous and not in_place
+    tune_threads = num_threads is None and not os.environ.get(NUM_THREADS_ENV, "").strip()
+    if tune_threads and block_rows is None and n * c <= SMALL_WORK:
+        return _Plan(1, max(n, 1), max(n, 1), direct, in_place)
+    threads = default_num_threads() if num_threads is None else num_threads
     weighted = inp.weight is not None
     budget = max(SCRATCH_SHARE * out.nbytes, MIN_SCRATCH_BYTES)
     per_thread = THREAD_BYTES + (OUTER_BYTES if weighted and inp.label_smoothing else 0)
@@ -233,6 +266,10 @@ def _plan(
 
 def _same_view(a: np.ndarray, b: np.ndarray) -> bool:
     """Same memory, element for element (``out=scores``)."""
+    if a is b:
+        return True
+    if not np.may_share_memory(a, b):  # a bounds check: no dict built for a new output
+        return False
     data = a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
     return data and a.strides == b.strides and a.shape == b.shape
 
@@ -254,6 +291,9 @@ class _ChunkSums:
 
     def add(self, r0: int, rows: np.ndarray) -> None:
         """Row losses of rows ``r0 : r0 + len(rows)``; whole chunks by one 2-D reduction."""
+        if r0 == 0 and len(rows) == self.n <= CHUNK_ROWS:  # one task, one chunk: a small call
+            self.partial[0] = np.add.reduce(rows)
+            return
         r1 = r0 + len(rows)
         k = CHUNK_ROWS
         w0, w1 = -(-r0 // k), min(r1, self.n - self.n % k) // k  # full chunks w0:w1 inside
@@ -439,7 +479,7 @@ def _target_terms(prob: _Problem, task: _Task, shift: np.ndarray | None) -> tupl
     relative to ``m_i`` (:func:`_exact_smoothing_sums`). ``t`` None: all 0.
     """
     se, ey, u = task.se, task.ey, task.u
-    info = np.finfo(se.dtype)
+    info = _finfo(se.dtype)
     # The usual case: every target normal and every ratio (and u) finite,
     # known before dividing (max σ / min e_y < half the largest float; False
     # for NaN). Then t = 0, and the scores are not read again. Each row gets
@@ -515,6 +555,10 @@ def _executor(workers: int) -> ThreadPoolExecutor:
 def _run_tasks(prob: _Problem) -> None:
     """Run :func:`_run_task` over all rows on up to ``plan.threads`` threads, the caller's included."""
     n, step = prob.out.shape[0], prob.plan.task_rows
+    if 0 < n <= step and not ufunc_bufsize(prob.out.shape[1]):  # one task (a small call): no pool
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):  # as in work() below
+            _run_task(prob, 0, n, _Scratch(prob))
+        return
     starts = range(0, n, step)
     threads = min(prob.plan.threads, len(starts))
     tasks: Iterator[int] = iter(starts)
