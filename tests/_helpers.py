@@ -5,8 +5,8 @@ from __future__ import annotations
 import contextlib
 import math
 
-import numpy as np
 import array_api_compat as compat
+import numpy as np
 
 import xsoftmax as xs
 from xsoftmax._backend import backend_name

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 
 import xsoftmax as xs
-from xsoftmax._backend import get_namespace
 from xsoftmax._engines import select_engine
 
 from _helpers import ENGINE_TOLERANCES

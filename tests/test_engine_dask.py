@@ -14,8 +14,9 @@ import pytest
 da = pytest.importorskip("dask.array")
 dask = pytest.importorskip("dask")
 
-import xsoftmax as xs  # noqa: E402
 from _helpers import TOLERANCES, graph_size, no_compute  # noqa: E402
+
+import xsoftmax as xs  # noqa: E402
 
 C = 11
 ROWS = 40  # rows per chunk

@@ -11,16 +11,15 @@ import itertools
 
 import numpy as np
 import pytest
+from _helpers import TOLERANCES
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import xsoftmax as xs
 from xsoftmax._engines import numpy as engine
-from xsoftmax._engines._numpy_rows import store
 from xsoftmax._engines import select_engine
+from xsoftmax._engines._numpy_rows import store
 from xsoftmax._validate import check_loss_inputs
-
-from _helpers import TOLERANCES
 
 # The reference engine warns on NaN rows (0/0, log 0); this engine does not
 # (test_no_warnings), so those warnings only come from the comparisons.
@@ -572,7 +571,7 @@ def test_inputs_untouched_and_read_only(c):
         a.setflags(write=False)
     loss, d = _run(scores, y, num_threads=2, block_rows=4, **kw)
     xs.softmax_loss(scores, y, **kw)
-    for a, copy in zip((scores, y, kw["weight"]), copies):
+    for a, copy in zip((scores, y, kw["weight"]), copies, strict=True):
         _same_bits(a, copy)
     assert d.flags.writeable
 
@@ -655,7 +654,7 @@ def test_threads_and_blocks_of_the_scratch_budget(monkeypatch, c, opts, explicit
     if explicit == "env":
         monkeypatch.setenv(engine.NUM_THREADS_ENV, "4")
     seen = []
-    monkeypatch.setattr(engine, "_run_tasks", lambda prob: seen.append((prob.plan.threads, prob.plan.block_rows)))
+    monkeypatch.setattr(engine, "_run_tasks", lambda prob: seen.append(prob.plan[:2]))  # threads, block rows
     n = 262144 * 10 // c
     scores, y, kw = _problem(n, c, opts=opts)
     _run(scores, y, num_threads=explicit if isinstance(explicit, int) else None, **kw)
@@ -682,7 +681,7 @@ def test_short_row_blocks_of_whole_loss_chunks(monkeypatch, n, whole_chunks):
     monkeypatch.delenv(engine.NUM_THREADS_ENV, raising=False)
     monkeypatch.setattr(engine, "default_num_threads", lambda: 2)
     seen = []
-    monkeypatch.setattr(engine, "_run_tasks", lambda prob: seen.append((prob.plan.threads, prob.plan.block_rows)))
+    monkeypatch.setattr(engine, "_run_tasks", lambda prob: seen.append(prob.plan[:2]))  # threads, block rows
     scores, y, kw = _problem(n, 10)
     _run(scores, y, **kw)
     [(used, block)] = seen

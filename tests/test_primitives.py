@@ -6,9 +6,6 @@ import math
 
 import numpy as np
 import pytest
-
-import xsoftmax as xs
-
 from _helpers import (
     assert_close,
     dtype_of,
@@ -20,7 +17,10 @@ from _helpers import (
     ref_softmax,
 )
 
+import xsoftmax as xs
+
 X = np.random.default_rng(0).standard_normal((4, 3, 5)) * 4.0
+PAIRS = ((xs.logsumexp, ref_logsumexp), (xs.softmax, ref_softmax), (xs.log_softmax, ref_log_softmax))
 
 
 @pytest.mark.parametrize("axis", [0, 1, -1])
@@ -68,7 +68,7 @@ def test_low_precision_returns_input_dtype(xp, dtype):
         pytest.skip("array_api_strict has no float16")
     x = X.astype(dtype).astype(np.float64)  # representable values
     dt = dtype_of(xp, dtype)
-    for f, ref in ((xs.logsumexp, ref_logsumexp), (xs.softmax, ref_softmax), (xs.log_softmax, ref_log_softmax)):
+    for f, ref in PAIRS:
         out = f(on(xp, x, dtype))
         assert_close(out, ref(x), xp, dtype=dt)
 
@@ -121,7 +121,7 @@ def test_primitives_stay_lazy_on_dask():
     x = da.from_array(X, chunks=(2, 3, 5))
     with no_compute():
         outs = [xs.logsumexp(x), xs.softmax(x, axis=0), xs.log_softmax(x)]
-    for out, ref in zip(outs, (ref_logsumexp(X), ref_softmax(X, axis=0), ref_log_softmax(X))):
+    for out, ref in zip(outs, (ref_logsumexp(X), ref_softmax(X, axis=0), ref_log_softmax(X)), strict=True):
         assert isinstance(out, da.Array)
         np.testing.assert_allclose(out.compute(), ref, rtol=1e-12)
 
@@ -140,7 +140,7 @@ def test_bfloat16_on_torch_returns_bfloat16():
     torch = pytest.importorskip("torch")
     x = torch.tensor(X[0], dtype=torch.bfloat16)
     exact = x.double().numpy()
-    for f, ref in ((xs.logsumexp, ref_logsumexp), (xs.softmax, ref_softmax), (xs.log_softmax, ref_log_softmax)):
+    for f, ref in PAIRS:
         out = f(x)
         assert out.dtype == torch.bfloat16
         np.testing.assert_allclose(out.double().numpy(), ref(exact), rtol=4e-2, atol=2e-2)

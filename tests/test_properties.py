@@ -10,12 +10,6 @@ import functools
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, example, given, settings
-from hypothesis import strategies as st
-
-import xsoftmax as xs
-from xsoftmax._backend import array_namespace, backend_name
-
 from _helpers import (
     TOLERANCES,
     assert_close,
@@ -27,6 +21,11 @@ from _helpers import (
     ref_softmax,
     ref_softmax_loss,
 )
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+import xsoftmax as xs
+from xsoftmax._backend import array_namespace, backend_name
 
 PROPERTY = settings(
     max_examples=12,
@@ -129,7 +128,8 @@ def _tol(p, c):
 def _fixed(scores, y, dtype, **opts):
     """An explicit example, so that the edge shapes are always covered."""
     base = {"weight": None, "ignore_index": None, "label_smoothing": 0.0, "reduction": "mean"}
-    return {**base, "scores": np.asarray(scores, dtype=np.float64), "y": np.asarray(y), "dtype": dtype, **opts}
+    arrays = {"scores": np.asarray(scores, dtype=np.float64), "y": np.asarray(y)}
+    return {**base, **arrays, "dtype": dtype, **opts}
 
 
 _WIDE = np.random.default_rng(1).standard_normal((2, 3000)) * 10
@@ -223,7 +223,8 @@ def test_non_contiguous_inputs(lib, v, dtype, eps):
     np.testing.assert_allclose(xs.to_numpy(loss), ref_loss, rtol=r, atol=a)
     np.testing.assert_allclose(xs.to_numpy(d), ref_d, rtol=r, atol=a)
     assert tuple(d.shape) == tuple(s.shape)
-    for f, ref in ((xs.logsumexp, ref_logsumexp), (xs.softmax, ref_softmax), (xs.log_softmax, ref_log_softmax)):
+    pairs = ((xs.logsumexp, ref_logsumexp), (xs.softmax, ref_softmax), (xs.log_softmax, ref_log_softmax))
+    for f, ref in pairs:
         np.testing.assert_allclose(xs.to_numpy(f(s, axis=0)), ref(exact, axis=0), rtol=r, atol=a)
 
 

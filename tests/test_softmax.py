@@ -8,11 +8,6 @@ import math
 
 import numpy as np
 import pytest
-
-import xsoftmax as xs
-from xsoftmax._backend import backend_name
-from xsoftmax._engines import has_fused
-
 from _helpers import (
     TOLERANCES,
     assert_close,
@@ -26,6 +21,10 @@ from _helpers import (
     ref_softmax_loss,
     torch_cross_entropy,
 )
+
+import xsoftmax as xs
+from xsoftmax._backend import backend_name
+from xsoftmax._engines import has_fused
 
 REDUCTIONS = ("mean", "sum", "none")
 N, C = 7, 5

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from _helpers import has_float16, on
 
 import xsoftmax as xs
 from xsoftmax._backend import backend_name
 from xsoftmax._engines import has_fused
-
-from _helpers import has_float16, on
 
 S = np.random.default_rng(0).standard_normal((4, 3))
 Y = np.array([0, 2, 1, 2])
@@ -290,7 +289,7 @@ def test_inputs_are_never_modified(xp):
     host = _host_arrays()
     arrays = [on(xp, a) for a in host]
     for _ in _every_public_call(xp, arrays):
-        for arr, original in zip(arrays, host):
+        for arr, original in zip(arrays, host, strict=True):
             np.testing.assert_array_equal(xs.to_numpy(arr), original)
 
 
@@ -301,7 +300,7 @@ def test_read_only_numpy_inputs():
         a.flags.writeable = False
     for _ in _every_public_call(np, arrays):
         pass
-    for arr, original in zip(arrays, host):
+    for arr, original in zip(arrays, host, strict=True):
         np.testing.assert_array_equal(arr, original)
 
 
