@@ -9,7 +9,7 @@ import types
 import numpy as np
 import pytest
 
-import xsoftmax._softmax as softmax_module
+import xsoftmax._engines.reference as reference_engine
 from xsoftmax._cli import main
 from xsoftmax._cli.check import (
     IGNORE,
@@ -20,7 +20,7 @@ from xsoftmax._cli.check import (
     oracle_logsumexp,
     oracle_softmax_loss,
 )
-from xsoftmax._engines import FUSED
+from xsoftmax._engines import ENGINES
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
@@ -98,7 +98,7 @@ def test_check_passes_on_numpy(capsys):
 
 def _broken_engine_module(monkeypatch, break_fn) -> None:
     """Install a fused NumPy engine that is the reference engine with ``break_fn`` applied."""
-    reference = softmax_module.reference_softmax_loss
+    reference = reference_engine.softmax_loss
     module = types.ModuleType("xsoftmax_test_broken_engine")
 
     def softmax_loss(inp, *, out=None):
@@ -106,7 +106,7 @@ def _broken_engine_module(monkeypatch, break_fn) -> None:
 
     module.softmax_loss = softmax_loss
     monkeypatch.setitem(sys.modules, module.__name__, module)
-    monkeypatch.setitem(FUSED, "numpy", module.__name__)
+    monkeypatch.setitem(ENGINES, "numpy", module.__name__)
 
 
 def _row(out: str, backend: str, engine: str) -> str:
@@ -141,13 +141,13 @@ def test_check_fails_on_a_crashing_or_mistyped_engine(monkeypatch, capsys):
 
 def test_check_fails_on_a_broken_reference(monkeypatch, capsys):
     """The oracle is independent of the library: a wrong reference engine is caught too."""
-    reference = softmax_module.reference_softmax_loss
+    reference = reference_engine.softmax_loss
 
     def off_by_smoothing(inp, *, out=None):
         loss, d = reference(inp, out=out)
         return (loss * 1.0001 if inp.label_smoothing else loss), d
 
-    monkeypatch.setattr(softmax_module, "reference_softmax_loss", off_by_smoothing)
+    monkeypatch.setattr(reference_engine, "softmax_loss", off_by_smoothing)
     assert main(["check", "--backends", "numpy", "--engines", "reference"]) == 1
     out = capsys.readouterr().out
     assert "FAIL" in _row(out, "numpy", "reference") and "smoothing=0.1" in out

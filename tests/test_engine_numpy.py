@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 import xsoftmax as xs
 from xsoftmax._engines import numpy as engine
 from xsoftmax._engines import select_engine
+from xsoftmax._engines._numpy_rows import store
 from xsoftmax._validate import check_loss_inputs
 
 from _helpers import TOLERANCES
@@ -24,7 +25,7 @@ from _helpers import TOLERANCES
 # The reference engine warns on NaN rows (0/0, log 0); this engine does not
 # (test_no_warnings), so those warnings only come from the comparisons.
 pytestmark = pytest.mark.filterwarnings(
-    "ignore::RuntimeWarning:xsoftmax._softmax|xsoftmax._reduction"
+    "ignore::RuntimeWarning:xsoftmax._engines.reference|xsoftmax._reduction"
 )
 
 OPTIONS = [
@@ -571,7 +572,7 @@ def test_inputs_untouched_and_read_only(c):
         a.setflags(write=False)
     loss, d = _run(scores, y, num_threads=2, block_rows=4, **kw)
     xs.softmax_loss(scores, y, **kw)
-    for a, copy in zip((scores, y, kw["weight"]), copies):
+    for a, copy in zip((scores, y, kw["weight"]), copies, strict=True):
         _same_bits(a, copy)
     assert d.flags.writeable
 
@@ -590,10 +591,8 @@ def test_empty_batch():
 
 
 def test_auto_and_fused_pick_this_engine(monkeypatch):
-    import array_api_compat.numpy as xp
-
-    assert select_engine(xp, "auto") is engine.softmax_loss
-    assert select_engine(xp, "fused") is engine.softmax_loss
+    assert select_engine("numpy", "auto") is engine.softmax_loss
+    assert select_engine("numpy", "fused") is engine.softmax_loss
     calls = []
     real = engine.softmax_loss
 
@@ -656,7 +655,7 @@ def test_threads_and_blocks_of_the_scratch_budget(monkeypatch, c, opts, explicit
     if explicit == "env":
         monkeypatch.setenv(engine.NUM_THREADS_ENV, "4")
     seen = []
-    monkeypatch.setattr(engine, "_run_blocks", lambda p, t: seen.append((t, p.block_rows)))
+    monkeypatch.setattr(engine, "_run_tasks", lambda prob: seen.append(prob.plan[:2]))  # threads, block rows
     n = 262144 * 10 // c
     scores, y, kw = _problem(n, c, opts=opts)
     _run(scores, y, num_threads=explicit if isinstance(explicit, int) else None, **kw)
@@ -683,7 +682,7 @@ def test_short_row_blocks_of_whole_loss_chunks(monkeypatch, n, whole_chunks):
     monkeypatch.delenv(engine.NUM_THREADS_ENV, raising=False)
     monkeypatch.setattr(engine, "default_num_threads", lambda: 2)
     seen = []
-    monkeypatch.setattr(engine, "_run_blocks", lambda p, t: seen.append((t, p.block_rows)))
+    monkeypatch.setattr(engine, "_run_tasks", lambda prob: seen.append(prob.plan[:2]))  # threads, block rows
     scores, y, kw = _problem(n, 10)
     _run(scores, y, **kw)
     [(used, block)] = seen
@@ -808,6 +807,29 @@ def test_float16_store_is_numpy_rounding_bit_for_bit():
         expected = x.astype(np.float16)
     out = np.empty_like(expected)
     with np.errstate(all="ignore"):  # as in the engine: 65520 and up overflow to inf
-        engine._store(x, out)
+        store(x, out)
     same = out.view(np.uint16) == expected.view(np.uint16)
     assert np.all(same | (np.isnan(out) & np.isnan(expected)))
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize("opts", OPTIONS, ids=_ids)
+@pytest.mark.parametrize("n,c", [(1, 1), (100, 3), (256, 10), (64, 300), (3000, 10)])
+def test_small_call_path_gives_the_blocked_bits(n, c, opts, dtype):
+    """Below SMALL_WORK a call runs on one thread in one block, with no planning:
+    the same bits as the planned, threaded, blocked path (also with out=)."""
+    scores, y, kw = _problem(n, c, dtype, opts=opts, seed=n + c)
+    assert n * c <= engine.SMALL_WORK
+    small_loss, small_d = _run(scores, y, **kw)
+    loss, d = _run(scores, y, num_threads=3, block_rows=7, **kw)
+    _same_bits(small_loss, loss)
+    _same_bits(small_d, d)
+    out = np.empty_like(scores)
+    _same_bits(_run(scores, y, out=out, **kw)[1], d)
+    in_place = scores.copy()
+    _same_bits(_run(in_place, y, out=in_place, **kw)[1], d)
+
+
+def test_small_call_of_no_rows():
+    loss, d = _run(np.zeros((0, 3), np.float32), np.zeros(0, np.int64), reduction="sum")
+    assert d.shape == (0, 3) and float(loss) == 0.0

@@ -16,7 +16,7 @@ import contextlib
 import contextvars
 import importlib
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import array_api_compat as compat
 import numpy as np
@@ -25,6 +25,7 @@ from ._typing import Array, ArrayNamespace
 
 __all__ = [
     "BACKENDS",
+    "Resolved",
     "array_namespace",
     "asarray",
     "available_backends",
@@ -33,6 +34,7 @@ __all__ = [
     "get_backend",
     "get_namespace",
     "is_lazy",
+    "resolve",
     "scalar_like",
     "set_backend",
     "to_numpy",
@@ -77,7 +79,7 @@ def array_namespace(*arrays: Any, names: tuple[str, ...] | None = None) -> Array
         names = tuple(f"argument {i}" for i in range(len(arrays)))
     first_xp: ArrayNamespace | None = None
     first_name = ""
-    for name, arr in zip(names, arrays):
+    for name, arr in zip(names, arrays, strict=False):  # one name per array (callers)
         if arr is None:
             continue
         if not compat.is_array_api_obj(arr):
@@ -97,6 +99,32 @@ def array_namespace(*arrays: Any, names: tuple[str, ...] | None = None) -> Array
     if first_xp is None:
         raise TypeError("expected at least one array argument")
     return first_xp
+
+
+class Resolved(NamedTuple):
+    """What the checks and the engines need to know of a call's arrays, found once."""
+
+    xp: ArrayNamespace
+    backend: str  # backend_name(xp)
+
+
+_NUMPY: Resolved | None = None
+
+
+def resolve(*arrays: Any, names: tuple[str, ...]) -> Resolved:
+    """Namespace and backend name of ``arrays`` (``None`` entries skipped).
+
+    Plain NumPy arrays (the small-call case) take a shortcut: one type test
+    each and a record made once. Anything else goes through
+    :func:`array_namespace`, with its error messages.
+    """
+    global _NUMPY
+    if all(a is None or type(a) is np.ndarray for a in arrays) and arrays[0] is not None:
+        if _NUMPY is None:
+            _NUMPY = Resolved(compat.array_namespace(arrays[0]), "numpy")
+        return _NUMPY
+    xp = array_namespace(*arrays, names=names)
+    return Resolved(xp, backend_name(xp))
 
 
 def device(x: Array) -> Any:

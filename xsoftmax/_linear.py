@@ -47,7 +47,8 @@ from typing import Any, NamedTuple
 from ._backend import array_namespace, backend_name, device
 from ._dtypes import compute_dtype
 from ._engines import select_engine
-from ._reduction import label_weights, row_coefficients, row_loss
+from ._reduction import mean_denominator as reduction_denominator
+from ._reduction import row_coefficients, row_loss
 from ._typing import Array, ArrayNamespace, DType
 from ._validate import (
     LossInputs,
@@ -158,7 +159,7 @@ def check_linear_inputs(
         engine="auto",
     )
     y = _wide_labels(xp, y, c, stub.ignore_index)
-    y, unchecked = check_labels(xp, y, c, stub.ignore_index)
+    y, unchecked = check_labels(xp, y, c, stub.ignore_index, backend=backend_name(xp))
     return Problem(
         xp, x, w, b, y, weight, stub.ignore_index, stub.label_smoothing, stub.reduction,
         unchecked, dtype, cdt, chunk_rows,
@@ -170,21 +171,14 @@ def _unknown(dim: Any) -> bool:
 
 
 def mean_denominator(p: Problem) -> Array:
-    """``D = Σ_i v_i w_{y_i}`` over all labels, once (``label_weights``); ``N`` when every row counts."""
-    xp = p.xp
-    if p.weight is None and p.ignore_index is None and not _unknown(p.y.shape[0]):
-        return xp.asarray(float(p.y.shape[0]), dtype=p.cdt, device=device(p.y))
-    weight = None if p.weight is None else xp.astype(p.weight, p.cdt)
-    _, wy = label_weights(
-        xp, p.y, num_classes=p.w.shape[1], weight=weight, ignore_index=p.ignore_index, dtype=p.cdt
-    )
-    return xp.sum(wy)
+    """``D = Σ_i v_i w_{y_i}`` over all labels, once, by the shared loss semantics."""
+    return reduction_denominator(p.xp, p.y, weight=p.weight, ignore_index=p.ignore_index, dtype=p.cdt)
 
 
 def _chunk_inputs(p: Problem, s: Array, r0: int, r1: int, denom: Array | None) -> LossInputs:
     return LossInputs(
         p.xp, s, p.y[r0:r1], p.weight, p.ignore_index, p.label_smoothing, p.reduction,
-        p.labels_unchecked, denom,
+        p.labels_unchecked, denom, backend_name(p.xp),
     )  # fmt: skip
 
 
@@ -212,7 +206,7 @@ def native(xp: ArrayNamespace) -> tuple[Any, Any]:
         import cupy as mod
     else:
         import numpy as mod
-    return mod, select_engine(xp, "auto")
+    return mod, select_engine(backend_name(xp), "auto")
 
 
 def _mutable(p: Problem, denom: Array | None, mod: Any = None, engine: Any = None) -> tuple[Any, ...]:
@@ -273,7 +267,7 @@ def _mutable(p: Problem, denom: Array | None, mod: Any = None, engine: Any = Non
 def _functional(p: Problem, denom: Array | None) -> tuple[Any, ...]:
     """torch, JAX, array-api-strict: the namespace's engine on each chunk, no in-place updates."""
     xp = p.xp
-    engine = select_engine(xp, "auto")
+    engine = select_engine(backend_name(xp), "auto")
     n = p.x.shape[0]
     w = _cast(xp, p.w, p.cdt)
     b = _cast(xp, p.b, p.cdt)
@@ -370,10 +364,12 @@ def linear_softmax_loss(
 
 
 def _none_coefficients(p: Problem, yr: Array, weight: Array | None) -> Any:
-    return row_coefficients(
-        p.xp, yr, num_classes=p.w.shape[1], weight=weight, ignore_index=p.ignore_index,
-        label_smoothing=p.label_smoothing, reduction="none", dtype=p.cdt,
+    # w[:0] stands for the logits: the coefficients read only their class count.
+    inputs = LossInputs(
+        p.xp, p.w[:0], yr, weight, p.ignore_index, p.label_smoothing, "none",
+        p.labels_unchecked, None, backend_name(p.xp),
     )  # fmt: skip
+    return row_coefficients(inputs, p.cdt)
 
 
 def _chunks(p: Problem) -> Any:
@@ -439,7 +435,7 @@ def linear_none_backward(p: Problem, lse: Array, grad_rows: Array) -> tuple[Arra
     row gradient is ``γ_i (c_i p_ik − a_i 1[k = y_i] − b_i w_k)`` with the
     "none" coefficients of :func:`~xsoftmax._reduction.row_coefficients`.
     """
-    from ._softmax import one_hot
+    from ._engines.reference import one_hot
 
     xp = p.xp
     weight = _cast(xp, p.weight, p.cdt)

@@ -43,17 +43,20 @@ PyTorch (:func:`mean_of_total`, :func:`inverse_denominator`).
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import math
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from ._backend import scalar_like
+from ._backend import device, scalar_like
 from ._typing import Array, ArrayNamespace, DType
 
 __all__ = [
+    "LossInputs",
     "RowCoefficients",
     "inverse_denominator",
-    "label_weights",
+    "mean_denominator",
     "mean_of_total",
     "reduce_loss",
     "row_coefficients",
@@ -61,8 +64,35 @@ __all__ = [
 ]
 
 
+class LossInputs(NamedTuple):
+    """Validated arguments of ``softmax_loss`` (made by ``check_loss_inputs``).
+
+    A plain record: engines read its fields and build variants (one block of
+    the rows, the labels of a chunk, the whole batch's ``D``) with ``_replace``.
+    """
+
+    xp: ArrayNamespace
+    scores: Array
+    y: Array
+    weight: Array | None
+    ignore_index: int | None
+    label_smoothing: float
+    reduction: str
+    #: True when the labels could not be range-checked (traced JAX arrays):
+    #: engines must then turn rows with bad labels into NaN.
+    labels_unchecked: bool
+    #: For "mean": the ``D`` of the whole batch, 0-d, when these inputs are
+    #: one block of it (the Dask engine's chunks, a fused linear + loss's row
+    #: chunks: :func:`mean_denominator` of all labels, once); None means
+    #: "from these labels".
+    denom: Array | None = None
+    #: The backend's name ("numpy", "torch", ...), resolved once by the checks.
+    backend: str = ""
+
+
 class RowCoefficients(NamedTuple):
-    """Per-row coefficients of the loss and of its gradient (all shape ``(N,)``)."""
+    """Coefficients of the loss and of its gradient: ``(N,)`` arrays, or 0-d
+    where every row has the same value (no class weights, no ``ignore_index``)."""
 
     alpha: Array
     beta: Array | None  # None when label_smoothing == 0
@@ -74,69 +104,112 @@ class RowCoefficients(NamedTuple):
     valid: Array | None  # bool, row not ignored; None without ignore_index (every row counts)
 
 
-def label_weights(
-    xp: ArrayNamespace,
-    y: Array,
-    *,
-    num_classes: int,
-    weight: Array | None,
-    ignore_index: int | None,
-    dtype: DType,
-) -> tuple[Array, Array]:
-    """``(v, v·w_y)``: which rows count, and each row's weight ``v_i w_{y_i}``.
+def _in_dtype(xp: ArrayNamespace, weight: Array | None, dtype: DType) -> Array | None:
+    return weight if weight is None or weight.dtype == dtype else xp.astype(weight, dtype)
 
-    ``Σ_i v_i w_{y_i}`` is the "mean" denominator ``D``; engines that see the
-    labels one block at a time add it up from this, block by block.
-    """
+
+def _label_weights(
+    xp: ArrayNamespace, y: Array, weight: Array | None, ignore_index: int | None, dtype: DType
+) -> tuple[Array, Array, Array]:
+    """``(v, v as dtype, v·w_y)``: which rows count, and each row's weight ``v_i w_{y_i}``."""
     if ignore_index is None:
         valid = xp.ones_like(y, dtype=xp.bool)  # ones_like: y may have unknown length (Dask)
     else:
         valid = y != ignore_index
     vf = xp.astype(valid, dtype)
     if weight is None:
-        return valid, vf
+        return valid, vf, vf
     safe_y = xp.where(valid, y, xp.zeros_like(y))  # ignored labels may be out of range
-    return valid, xp.take(xp.astype(weight, dtype), safe_y) * vf
+    return valid, vf, xp.take(weight, safe_y) * vf
 
 
-def row_coefficients(
+def _known(n: Any) -> bool:
+    return n is not None and not (isinstance(n, float) and math.isnan(n))
+
+
+def mean_denominator(
     xp: ArrayNamespace,
     y: Array,
     *,
-    num_classes: int,
     weight: Array | None,
     ignore_index: int | None,
-    label_smoothing: float,
-    reduction: str,
     dtype: DType,
-    denom: Array | None = None,
-) -> RowCoefficients:
-    """The coefficients α, β, D, a, b, c of the module docstring, in ``dtype``.
+    chunk_rows: int | None = None,
+    blockwise: Callable[[Callable[[Array, Array | None], Array]], Array] | None = None,
+) -> Array:
+    """``D = Σ_i v_i w_{y_i}``, the "mean" denominator of labels ``y``, 0-d in ``dtype``.
 
-    ``denom``: for "mean" over labels ``y`` that are one block of a larger
-    batch, the whole batch's ``D`` (default: ``Σ`` over ``y`` itself).
+    The one place ``D`` is computed. Every row counts 1 (no class weights,
+    no ``ignore_index``, ``N`` known): ``D = N``, the labels are not read.
+    Otherwise the labels are summed, in fixed chunks of ``chunk_rows``
+    (a sum whose order does not depend on how the caller splits its work),
+    or, for labels held in blocks (Dask), by ``blockwise(f)``, which maps
+    ``f(y_b, w) = D_b`` (this function on one block) over the blocks and adds
+    the results. Use it once for the whole batch and hand the result to an
+    engine that runs part of it as ``LossInputs.denom``.
     """
-    valid, wy = label_weights(
-        xp, y, num_classes=num_classes, weight=weight, ignore_index=ignore_index, dtype=dtype
-    )
-    vf = wy if weight is None else xp.astype(valid, dtype)
-    wsum: Array | float = float(num_classes) if weight is None else xp.sum(xp.astype(weight, dtype))
-    eps = label_smoothing
+    n = y.shape[0]
+    if weight is None and ignore_index is None and _known(n):
+        return xp.asarray(float(n), dtype=dtype, device=device(y))
+    if blockwise is not None:
+        return blockwise(
+            lambda yb, w: _block_denominator(yb, w, ignore_index=ignore_index, dtype=dtype)
+        )
+    weight = _in_dtype(xp, weight, dtype)
+    if chunk_rows is None or n <= chunk_rows:
+        return xp.sum(_label_weights(xp, y, weight, ignore_index, dtype)[2])
+    parts = [
+        xp.sum(_label_weights(xp, y[j : j + chunk_rows], weight, ignore_index, dtype)[2])
+        for j in range(0, n, chunk_rows)
+    ]
+    return xp.sum(xp.stack(parts))
+
+
+def _block_denominator(y: Array, w: Array | None, *, ignore_index: int | None, dtype: DType) -> Array:
+    """``D_b`` of one block of labels, as a ``(1,)`` array in the block's namespace."""
+    import array_api_compat
+
+    xp = array_api_compat.array_namespace(y)
+    w = None if w is None else xp.asarray(w)
+    d = mean_denominator(xp, y, weight=w, ignore_index=ignore_index, dtype=dtype)
+    return xp.reshape(d, (1,))
+
+
+def row_coefficients(inputs: LossInputs, dtype: DType) -> RowCoefficients:
+    """The coefficients α, β, D, a, b, c of the module docstring for ``inputs.y``, in ``dtype``.
+
+    Without class weights and ``ignore_index`` every row has the same
+    coefficients: they come back 0-d (they broadcast against ``(N,)``
+    vectors), and the labels are not read. ``inputs.denom``: for "mean", the
+    whole batch's ``D`` when ``inputs`` is one block of it (default: from
+    ``inputs.y``, :func:`mean_denominator`).
+    """
+    xp, y, ignore_index = inputs.xp, inputs.y, inputs.ignore_index
+    num_classes = inputs.scores.shape[1]
+    weight = _in_dtype(xp, inputs.weight, dtype)
+    if weight is None and ignore_index is None:
+        valid = None
+        vf = wy = xp.ones((), dtype=dtype, device=device(y))
+    else:
+        valid, vf, wy = _label_weights(xp, y, weight, ignore_index, dtype)
+    wsum: Array | float = float(num_classes) if weight is None else xp.sum(weight)
+    eps = inputs.label_smoothing
     alpha = wy * (1.0 - eps) if eps else wy
     beta = vf * (eps / num_classes) if eps else None
-    if reduction == "mean":
-        denom = xp.sum(wy) if denom is None else denom
+    denom = None
+    if inputs.reduction == "mean":
+        denom = inputs.denom
+        if denom is None:
+            denom = mean_denominator(xp, y, weight=weight, ignore_index=ignore_index, dtype=dtype)
         inv = inverse_denominator(xp, denom)
         # Kept rows 1/D, ignored rows exactly 0 (also when D = 0).
-        scale = inv if ignore_index is None else xp.where(valid, inv, xp.zeros_like(vf))
+        scale = inv if valid is None else xp.where(valid, inv, xp.zeros_like(vf))
     else:
-        denom = None
         scale = vf
     a = alpha * scale
     b = beta * scale if beta is not None else None
     c = (alpha + beta * wsum) * scale if beta is not None else a
-    valid_or_none = None if ignore_index is None else valid
-    return RowCoefficients(alpha, beta, denom, a, b, c, wsum, valid_or_none)
+    return RowCoefficients(alpha, beta, denom, a, b, c, wsum, valid)
 
 
 def row_loss(
@@ -185,6 +258,9 @@ def mean_of_total(xp: ArrayNamespace, total: Array, denom: Array) -> Array:
     NaN even when the smoothing term is not 0. Every engine takes the "mean"
     rule from here and from :func:`inverse_denominator`.
     """
+    if isinstance(total, np.ndarray) and isinstance(denom, np.ndarray | np.generic) and denom.ndim == 0:
+        # NumPy, one value: the same division without three array calls.
+        return np.asarray(total / denom if denom != 0 else np.full_like(total, np.nan))
     nonzero, safe = _safe(xp, denom)
     return xp.where(nonzero, total / safe, xp.full_like(total, float("nan")))
 

@@ -14,4 +14,4 @@ ArrayNamespace = ModuleType
 Device = Any
 DType = Any
 Reduction = Literal["mean", "sum", "none"]
-Engine = Literal["auto", "reference", "fused"]
+Engine = Literal["auto", "reference", "fused", "fused-row"]

@@ -11,13 +11,16 @@ trace so the engine can poison the affected rows.
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
-from typing import Any, NamedTuple
+from typing import Any
 
-from ._backend import array_namespace, backend_name, device, is_lazy
-from ._reduction import RowCoefficients, row_coefficients
-from ._typing import Array, ArrayNamespace, DType
+import numpy as np
+
+from ._backend import backend_name, device, is_lazy, resolve
+from ._reduction import LossInputs
+from ._typing import Array, ArrayNamespace
 
 __all__ = [
     "LossInputs",
@@ -53,15 +56,20 @@ def _wide_labels(xp: ArrayNamespace, y: Array, num_classes: int, ignore_index: i
     """
     if not _known(num_classes):
         return y
-    info = xp.iinfo(y.dtype)
+    info = _numpy_iinfo(y.dtype) if type(y) is np.ndarray else xp.iinfo(y.dtype)
     # C itself, not C − 1: the range check compares labels with C (uint8
     # labels with C = 256 would compare with 256 wrapped to 0).
-    extremes = [num_classes] + ([] if ignore_index is None else [ignore_index])
-    if all(info.min <= v <= info.max for v in extremes):
+    lo, hi = (num_classes, num_classes) if ignore_index is None else sorted((num_classes, ignore_index))
+    if info.min <= lo and hi <= info.max:
         return y
+    extremes = (lo, hi)
     i32 = xp.iinfo(xp.int32)
     fits32 = all(i32.min <= v <= i32.max for v in extremes)
     return xp.astype(y, xp.int32 if fits32 else xp.int64)
+
+
+_numpy_iinfo = functools.cache(np.iinfo)
+_UNSIGNED = {k: np.dtype(f"u{k}") for k in (1, 2, 4, 8)}
 
 
 def check_positive_int(value: Any, name: str) -> int:
@@ -73,14 +81,14 @@ def check_positive_int(value: Any, name: str) -> int:
 
 def check_floating(xp: ArrayNamespace, x: Array, name: str) -> None:
     """``x`` must have a real floating dtype."""
-    if not xp.isdtype(x.dtype, "real floating"):
+    if not (x.dtype.kind == "f" if type(x) is np.ndarray else xp.isdtype(x.dtype, "real floating")):
         raise TypeError(f"{name} must have a real floating dtype, got {x.dtype}")
 
 
 def check_same_device(xp: ArrayNamespace, names: tuple[str, ...], *arrays: Array) -> None:
     """All non-``None`` arrays must live on one device."""
     first = None
-    for name, arr in zip(names, arrays):
+    for name, arr in zip(names, arrays, strict=True):
         if arr is None or is_lazy(arr):
             continue
         dev = device(arr)
@@ -90,44 +98,6 @@ def check_same_device(xp: ArrayNamespace, names: tuple[str, ...], *arrays: Array
             raise ValueError(
                 f"inputs live on two devices: {first[0]} is on {first[1]} but {name} is on {dev}"
             )
-
-
-class LossInputs(NamedTuple):
-    """Validated arguments of ``softmax_loss`` (see :func:`check_loss_inputs`)."""
-
-    xp: ArrayNamespace
-    scores: Array
-    y: Array
-    weight: Array | None
-    ignore_index: int | None
-    label_smoothing: float
-    reduction: str
-    #: True when the labels could not be range-checked (traced JAX arrays):
-    #: engines must then turn rows with bad labels into NaN.
-    labels_unchecked: bool
-    #: For "mean" over a block of a larger batch (the Dask engine's chunks):
-    #: the whole batch's denominator D, 0-d; None means "from these labels".
-    denom: Array | None = None
-
-    def coefficients(
-        self, y: Array, *, weight: Array | None, dtype: DType, denom: Array | None
-    ) -> RowCoefficients:
-        """:func:`~xsoftmax._reduction.row_coefficients` of labels ``y`` under this call's options.
-
-        ``y``: this call's labels or some of them; ``weight``: the class
-        weights in ``dtype``; ``denom``: the "mean" denominator (None: from ``y``).
-        """
-        return row_coefficients(
-            self.xp,
-            y,
-            num_classes=self.scores.shape[1],
-            weight=weight,
-            ignore_index=self.ignore_index,
-            label_smoothing=self.label_smoothing,
-            reduction=self.reduction,
-            dtype=dtype,
-            denom=denom,
-        )
 
 
 def label_error(row: int, value: int, num_classes: int, ignore_index: int | None) -> ValueError:
@@ -147,7 +117,7 @@ def bad_labels(y: Array, num_classes: int, ignore_index: int | None) -> Array:
 
 
 def check_labels(
-    xp: ArrayNamespace, y: Array, num_classes: int, ignore_index: int | None
+    xp: ArrayNamespace, y: Array, num_classes: int, ignore_index: int | None, *, backend: str | None = None
 ) -> tuple[Array, bool]:
     """Range-check labels; returns ``(y, unchecked)``.
 
@@ -158,8 +128,17 @@ def check_labels(
       ``ValueError`` is raised when the result is computed;
     * JAX tracers (and any label under ``jax.jit``): the values do not exist
       yet; ``unchecked`` is True and the engine marks rows with bad labels as NaN.
+
+    ``backend``: ``backend_name(xp)`` when the caller knows it already.
     """
-    if backend_name(xp) == "dask":
+    backend = backend_name(xp) if backend is None else backend
+    if backend == "numpy" and y.shape[0] and num_classes <= np.iinfo(np.int64).max:
+        # One pass: as unsigned, a negative label is huge, so max < C says all
+        # are in range (ignored rows and errors take the general path below).
+        unsigned = y if y.dtype.kind == "u" else y.view(_UNSIGNED[y.dtype.itemsize])
+        if int(np.maximum.reduce(unsigned)) < num_classes:
+            return y, False
+    if backend == "dask":
         return _dask_checked_labels(y, num_classes, ignore_index), False
     if is_lazy(y):
         return y, True
@@ -210,8 +189,10 @@ def check_loss_inputs(
     engine: Any,
 ) -> LossInputs:
     """Validate every argument of ``softmax_loss``; see DESIGN.md "Bad input"."""
-    xp = array_namespace(scores, y, weight, names=("scores", "y", "weight"))
-    check_same_device(xp, ("scores", "y", "weight"), scores, y, weight)
+    arrays = resolve(scores, y, weight, names=("scores", "y", "weight"))
+    xp = arrays.xp
+    if arrays.backend != "numpy":  # NumPy arrays: all on the CPU
+        check_same_device(xp, ("scores", "y", "weight"), scores, y, weight)
     if not isinstance(reduction, str) or reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
     if not isinstance(engine, str) or engine not in ENGINES:
@@ -224,7 +205,9 @@ def check_loss_inputs(
             )
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}{device_hint}")
     # numbers.Real / Integral: NumPy scalars (np.float32(0.1), np.int64(-100)) are fine too.
-    if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, numbers.Real):
+    if type(label_smoothing) is not float and (
+        isinstance(label_smoothing, bool) or not isinstance(label_smoothing, numbers.Real)
+    ):
         raise TypeError(f"label_smoothing must be a float in [0, 1], got {label_smoothing!r}")
     label_smoothing = float(label_smoothing)
     if not (0.0 <= label_smoothing <= 1.0) or math.isnan(label_smoothing):
@@ -250,7 +233,11 @@ def check_loss_inputs(
                 "y.argmax(axis=1)"
             )
         raise ValueError(f"y must be 1-D with shape (N,) = ({n},), got shape {_shape(y)}{one_hot}")
-    if xp.isdtype(y.dtype, "bool") or not xp.isdtype(y.dtype, "integral"):
+    if type(y) is np.ndarray:
+        integral = y.dtype.kind in "iu"  # (NumPy's isdtype costs more than the labels' check)
+    else:
+        integral = not xp.isdtype(y.dtype, "bool") and xp.isdtype(y.dtype, "integral")
+    if not integral:
         cast = ""
         if xp.isdtype(y.dtype, "real floating"):
             cast = "; cast labels stored as floats with y.astype(np.int64) (or xp.astype(y, xp.int64))"
@@ -265,14 +252,16 @@ def check_loss_inputs(
             raise ValueError(f"weight must have shape (C,) = ({c},), got shape {_shape(weight)}")
         check_floating(xp, weight, "weight")
     y = _wide_labels(xp, y, c, ignore_index)
-    y, unchecked = check_labels(xp, y, c, ignore_index)
-    return LossInputs(xp, scores, y, weight, ignore_index, label_smoothing, reduction, unchecked)
+    y, unchecked = check_labels(xp, y, c, ignore_index, backend=arrays.backend)
+    return LossInputs(
+        xp, scores, y, weight, ignore_index, label_smoothing, reduction, unchecked, backend=arrays.backend
+    )
 
 
 def check_out(xp: ArrayNamespace, out: Any, scores: Array) -> None:
     """``out`` must be a writable array like ``scores`` (same namespace, shape, dtype)."""
-    array_namespace(scores, out, names=("scores", "out"))
-    check_same_device(xp, ("scores", "out"), scores, out)
+    if resolve(scores, out, names=("scores", "out")).backend != "numpy":
+        check_same_device(xp, ("scores", "out"), scores, out)
     if _shape(out) != _shape(scores):
         raise ValueError(f"out must have the shape of scores {_shape(scores)}, got {_shape(out)}")
     if out.dtype != scores.dtype:

@@ -42,10 +42,11 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
+from .._typing import Engine
 from .._validate import check_positive_int
 from . import plotting, timing
 from .check import enable_jax_float64, engines_for, oracle_softmax_loss
@@ -171,10 +172,12 @@ def make_case(
     """
     import xsoftmax as xs
 
+    # "fused-out" is the bench's name for the fused engine with a reused out=.
+    lib_engine = cast(Engine, "fused" if engine == "fused-out" else engine)
     if backend == "dask":
-        return _dask_case(engine, shape, dtype, seed=seed, client=client)
+        return _dask_case(lib_engine, shape, dtype, seed=seed, client=client)
     if dtype in NO_NUMPY_DTYPE:
-        return _bfloat16_case(backend, engine, shape, seed=seed)
+        return _bfloat16_case(backend, lib_engine, shape, seed=seed)
     scores, y = host_inputs(shape, dtype, seed)
     s = xs.asarray(scores, backend=backend)
     yb = xs.asarray(y, backend=backend)
@@ -182,7 +185,7 @@ def make_case(
     if backend == "jax":
         import jax
 
-        f = jax.jit(lambda s, y: xs.softmax_loss(s, y, engine=engine))
+        f = jax.jit(lambda s, y: xs.softmax_loss(s, y, engine=lib_engine))
         return Case(backend, engine, "xsoftmax", "cpu", lambda: jax.block_until_ready(f(s, yb)),
                     inputs, host_traced=False)
     device = "cuda" if backend == "cupy" else "cpu"
@@ -190,11 +193,11 @@ def make_case(
         out = xs.asarray(np.zeros(shape, dtype), backend=backend)  # its pages in place
         fn = lambda: xs.softmax_loss(s, yb, engine="fused", out=out)  # noqa: E731
     else:
-        fn = lambda: xs.softmax_loss(s, yb, engine=engine)  # noqa: E731
+        fn = lambda: xs.softmax_loss(s, yb, engine=lib_engine)  # noqa: E731
     return Case(backend, engine, "xsoftmax", device, fn, inputs, host_traced=backend != "torch")
 
 
-def _dask_case(engine: str, shape: tuple[int, int], dtype: str, *, seed: int, client: Any) -> Case:
+def _dask_case(engine: Engine, shape: tuple[int, int], dtype: str, *, seed: int, client: Any) -> Case:
     import xsoftmax as xs
 
     if client is None:
@@ -549,7 +552,7 @@ def _torch_peer(shape: tuple[int, int], dtype: str, *, seed: int, device: str) -
     return Case("torch", PEERS["torch"][1], "peer", device, fn, inputs, host_traced=False)
 
 
-def _bfloat16_case(backend: str, engine: str, shape: tuple[int, int], *, seed: int) -> Case:
+def _bfloat16_case(backend: str, engine: Engine, shape: tuple[int, int], *, seed: int) -> Case:
     """``xs.softmax_loss`` on bfloat16 scores: torch tensors only (NumPy and CuPy have no bfloat16)."""
     if backend != "torch":
         raise ValueError(f"bfloat16 rows need torch tensors; {backend} has no bfloat16 arrays")
@@ -585,7 +588,7 @@ def plan(
     from .._backend import BACKENDS
 
     skipped = []
-    pairs = []
+    pairs: list[tuple[str, str]] = []
     for backend in backends or BACKENDS:
         if status[backend] != "ok":
             skipped.append(f"{backend}: {status[backend]}")

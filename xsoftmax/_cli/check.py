@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from .._typing import Engine
 from .._validate import REDUCTIONS
 from .text import comma_list, format_table
 
@@ -233,12 +234,16 @@ class Tally:
         self.worst_case = case
 
 
-def engines_for(backend: str) -> list[str]:
+def engines_for(backend: str) -> list[Engine]:
     """``reference`` always, ``fused`` where the backend has a fused engine, ``fused-row`` on CuPy."""
-    from .._engines import FUSED
+    from .._engines import has_fused
 
-    row = ["fused-row"] if backend == "cupy" else []
-    return ["reference"] + (["fused"] if backend in FUSED else []) + row
+    engines: list[Engine] = ["reference"]
+    if has_fused(backend):
+        engines.append("fused")
+    if backend == "cupy":
+        engines.append("fused-row")
+    return engines
 
 
 def _has_dtype(backend: str, dtype: str) -> bool:
@@ -294,7 +299,7 @@ def _dtype_of(actual: Any) -> str:
     return str(actual.dtype).rsplit(".", 1)[-1]
 
 
-def loss_checks(backend: str, engine: str, seed: int) -> Iterator[Check]:
+def loss_checks(backend: str, engine: Engine, seed: int) -> Iterator[Check]:
     import xsoftmax as xs
 
     for inp in loss_inputs(seed):

@@ -1,69 +1,87 @@
 """Engine dispatch: which implementation of ``softmax_loss`` runs.
 
-An engine is a function ``softmax_loss(inputs: LossInputs, *, out=None) ->
-(loss, dscores)`` that receives arguments already validated by
-:func:`xsoftmax._validate.check_loss_inputs` and computes the per-row
-coefficients with :mod:`xsoftmax._reduction`, like every other engine.
+An engine is a :class:`SoftmaxLossEngine`: a function
+``softmax_loss(inputs: LossInputs, /, *, out=None) -> (loss, dscores)`` that
+receives arguments already validated by
+:func:`xsoftmax._validate.check_loss_inputs` and takes the loss semantics
+(coefficients, ``D``, the reduction) from :mod:`xsoftmax._reduction`.
 
-* ``"reference"``: the generic Array API code in :mod:`xsoftmax._softmax`,
-  for every backend.
-* ``"fused"``: the backend's own fast engine, listed in :data:`FUSED`; a
-  ``ValueError`` for a backend that has none.
-* ``"auto"``: the fused engine where the backend has one, else the reference.
-* ``"fused-row"``: the CuPy row-fused kernel (one read and one write of the
-  scores; see :func:`xsoftmax._engines.cupy.softmax_loss_row`), CuPy arrays
-  only. ``"auto"`` does not pick it until a GPU measurement shows it faster.
+* ``"reference"``: the generic Array API code (:mod:`.reference`), for
+  every backend.
+* a backend's name (``"numpy"``, ``"cupy"``, ``"dask"``): that backend's
+  fused engine, chosen by ``engine="fused"`` (a ``ValueError`` for a backend
+  that has none) and by ``engine="auto"`` (else the reference).
+* ``engine="fused-row"``: the CuPy row-fused kernel (one read and one write
+  of the scores; :func:`xsoftmax._engines.cupy.softmax_loss_row`), CuPy
+  arrays only. ``"auto"`` does not pick it until a GPU measurement shows it faster.
 
 Engine modules are imported on first use, so ``import xsoftmax`` never
-imports CuPy or Dask.
+imports CuPy or Dask; the engine is looked up at each call, so a test may
+replace a module's ``softmax_loss``.
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
-from typing import Any
+import sys
+from typing import Protocol
 
-from .._backend import backend_name
-from .._typing import ArrayNamespace
+from .._reduction import LossInputs
+from .._typing import Array
 
-__all__ = ["FUSED", "select_engine"]
+__all__ = ["ENGINES", "REFERENCE", "SoftmaxLossEngine", "has_fused", "select_engine"]
 
-#: backend name -> module holding that backend's fused ``softmax_loss``.
-FUSED: dict[str, str] = {
+
+class SoftmaxLossEngine(Protocol):
+    """The contract of every engine."""
+
+    def __call__(self, inputs: LossInputs, /, *, out: Array | None = None) -> tuple[Array, Array]: ...
+
+
+#: The key of the generic engine in :data:`ENGINES`.
+REFERENCE = "reference"
+
+#: engine name -> module holding its ``softmax_loss``: the reference engine,
+#: and each backend's fused engine under the backend's name.
+ENGINES: dict[str, str] = {
+    REFERENCE: "xsoftmax._engines.reference",
     "cupy": "xsoftmax._engines.cupy",
     "dask": "xsoftmax._engines.dask",
     "numpy": "xsoftmax._engines.numpy",
 }
 
-EngineFn = Callable[..., Any]
+
+def has_fused(backend: str) -> bool:
+    """Whether backend ``backend`` (a name, as ``backend_name`` gives) has a fused engine."""
+    return backend != REFERENCE and backend in ENGINES
 
 
-def _reference() -> EngineFn:
-    from .._softmax import reference_softmax_loss
+def _load(key: str) -> SoftmaxLossEngine:
+    name = ENGINES[key]
+    module = sys.modules.get(name) or importlib.import_module(name)  # the first lookup is the import
+    fn: SoftmaxLossEngine = module.softmax_loss
+    return fn
 
-    return reference_softmax_loss
 
-
-def select_engine(xp: ArrayNamespace, engine: str) -> EngineFn:
-    """The engine function for inputs of namespace ``xp`` and option ``engine``."""
-    if engine == "reference":
-        return _reference()
-    name = backend_name(xp)
+def select_engine(backend: str, engine: str) -> SoftmaxLossEngine:
+    """The engine function for arrays of backend ``backend`` and option ``engine``."""
+    if engine == REFERENCE:
+        return _load(REFERENCE)
     if engine == "fused-row":
-        if name != "cupy":
+        if backend != "cupy":
             raise ValueError(
-                f"engine='fused-row' runs when the scores are CuPy arrays, got {name} arrays; "
+                f"engine='fused-row' runs when the scores are CuPy arrays, got {backend} arrays; "
                 "use engine='auto', 'fused' or 'reference'"
             )
-        return importlib.import_module(FUSED["cupy"]).softmax_loss_row
-    module = FUSED.get(name)
-    if module is None:
-        if engine == "fused":
-            have = ", ".join(sorted(FUSED)) or "none"
-            raise ValueError(
-                f"engine='fused' is not available for {name} arrays (backends with a "
-                f"fused engine: {have}); use engine='auto' or engine='reference'"
-            )
-        return _reference()
-    return importlib.import_module(module).softmax_loss
+        module = sys.modules.get(ENGINES["cupy"]) or importlib.import_module(ENGINES["cupy"])
+        row: SoftmaxLossEngine = module.softmax_loss_row
+        return row
+    if has_fused(backend):
+        return _load(backend)
+    if engine == "fused":
+        have = ", ".join(sorted(k for k in ENGINES if k != REFERENCE)) or "none"
+        raise ValueError(
+            f"engine='fused' is not available for {backend} arrays (backends with a "
+            f"fused engine: {have}); use engine='auto' or engine='reference'"
+        )
+    return _load(REFERENCE)

@@ -42,10 +42,9 @@ import math
 from typing import Any, NamedTuple, Protocol
 
 from .._backend import device
-from .._dtypes import compute_dtype
-from .._reduction import reduce_loss, row_loss
+from .._dtypes import compute_dtype, narrow
+from .._reduction import LossInputs, reduce_loss, row_coefficients, row_loss
 from .._typing import Array
-from .._validate import LossInputs
 from ._cuda_source import (
     KERNELS,
     PREAMBLE,
@@ -144,7 +143,7 @@ def fused_softmax_loss(
     launch("lse", s, xp.expand_dims(y, axis=1), xp.expand_dims(classes, axis=0), m, l, t)
 
     w = None if inp.weight is None else xp.astype(inp.weight, fdt)
-    coef = inp.coefficients(y, weight=w, dtype=fdt, denom=inp.denom)
+    coef = row_coefficients(inp._replace(weight=w), fdt)
     # Without smoothing b = 0 and w never matters: w = 1 keeps 0 · w exactly 0.
     w_or_one = w if w is not None else xp.ones((c,), dtype=fdt, device=dev)
     u = None
@@ -153,22 +152,24 @@ def fused_softmax_loss(
         launch("smooth", s, xp.expand_dims(m, axis=1), xp.expand_dims(w_or_one, axis=0), u)
     loss = reduce_loss(xp, coef, row_loss(xp, coef, l, t, u), inp.reduction)
 
-    b = coef.b if coef.b is not None else xp.zeros((n,), dtype=fdt, device=dev)
+    # The kernel reads per-row arrays (raw, contiguous); a coefficient shared
+    # by every row (0-d) is spread over the rows (v · 1 = v, bit for bit).
+    ones = xp.ones((n,), dtype=fdt, device=dev)
+    b = coef.b if coef.b is not None else xp.zeros((), dtype=fdt, device=dev)
+    a, c_, b = (v if v.ndim else ones * v for v in (coef.a, coef.c, b))
     d = out if out is not None else xp.empty(s.shape, dtype=s.dtype, device=dev)
-    launch("grad", s, y, m, l, coef.a, coef.c, b, w_or_one, c, d)
-    if loss.dtype != s.dtype:
-        loss = xp.astype(loss, s.dtype)
-    return loss, d
+    launch("grad", s, y, m, l, a, c_, b, w_or_one, c, d)
+    return narrow(xp, loss, s.dtype), d
 
 
-def softmax_loss(inp: LossInputs, *, out: Array | None = None) -> tuple[Array, Array]:
+def softmax_loss(inp: LossInputs, /, *, out: Array | None = None) -> tuple[Array, Array]:
     """The ``"fused"`` engine for CuPy arrays (signature of every engine)."""
     if inp.scores.shape[0] == 0 or inp.labels_unchecked:
         # Nothing to launch (or labels the kernels could not trust, which no
         # eager CuPy array produces): the reference engine's results.
-        from .._softmax import reference_softmax_loss
+        from .reference import softmax_loss as reference
 
-        return reference_softmax_loss(inp, out=out)
+        return reference(inp, out=out)
     return fused_softmax_loss(inp, _cupy_launch, out=out)
 
 
@@ -268,27 +269,29 @@ def fused_row_softmax_loss(
     d: Array = out if out is not None and direct else native.empty((n, c), dtype=s.dtype)
 
     w = None if inp.weight is None else xp.astype(inp.weight, fdt)
-    coef = inp.coefficients(y, weight=w, dtype=fdt, denom=inp.denom)
+    coef = row_coefficients(inp._replace(weight=w), fdt)
     vec = lambda: native.empty((n,), dtype=fdt)  # noqa: E731
     l, t = vec(), vec()  # noqa: E741 (the l of the docstring)
     smooth = coef.b is not None
     u = vec() if smooth else l  # never written without smoothing
     # b and w are read only with smoothing; w = 1 stands for "no weights".
-    b = native.ascontiguousarray(coef.b) if smooth else coef.a
+    # The kernel reads per-row arrays; a coefficient shared by every row (0-d)
+    # is spread over the rows (v · 1 = v, bit for bit).
+    ones = native.ones((n,), dtype=fdt)
+    a_rows, c_rows = (native.ascontiguousarray(v if v.ndim else ones * v) for v in (coef.a, coef.c))
+    b = (native.ascontiguousarray(coef.b if coef.b.ndim else ones * coef.b)) if coef.b is not None else a_rows
     w_arg = native.ascontiguousarray(w) if w is not None else native.ones((c,), dtype=fdt)
     launch(
         plan, s.dtype.name, y.dtype.name,
         s, s.strides[0] // s.itemsize, y, n, c,
-        native.ascontiguousarray(coef.a), native.ascontiguousarray(coef.c), b, w_arg,
+        a_rows, c_rows, b, w_arg,
         int(smooth), plan.group, l, t, u, d, d.strides[0] // d.itemsize,
     )
     loss = reduce_loss(xp, coef, row_loss(xp, coef, l, t, u if smooth else None), inp.reduction)
     if out is not None and not direct:
         out[...] = d
         d = out
-    if loss.dtype != s.dtype:
-        loss = xp.astype(loss, s.dtype)
-    return loss, d
+    return narrow(xp, loss, s.dtype), d
 
 
 @functools.cache
@@ -351,9 +354,9 @@ def softmax_loss_row(inp: LossInputs, /, *, out: Array | None = None) -> tuple[A
     """The ``"fused-row"`` engine for CuPy arrays (signature of every engine)."""
     s = inp.scores
     if s.shape[0] == 0 or inp.labels_unchecked or s.dtype.name not in ROW_SCORE_TYPES:
-        from .._softmax import reference_softmax_loss
+        from .reference import softmax_loss as reference
 
-        return reference_softmax_loss(inp, out=out)
+        return reference(inp, out=out)
     import cupy
 
     labels = "int32" if inp.y.dtype.name == "int32" else "int64"  # as the driver passes them

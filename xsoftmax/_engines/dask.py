@@ -11,8 +11,9 @@ a sum over *all* rows. Without weights and ``ignore_index`` it is ``N``;
 otherwise it depends on the labels only, so it is computed first (one task
 per label block, then a tree sum: ``N`` integers read, no scores), and each
 block's kernel receives it as a 0-d input. The chunk engine takes it as
-``LossInputs.denom`` (:func:`~xsoftmax._reduction.row_coefficients` uses
-the whole batch's ``D`` instead of its block's), so one call gives exactly
+``LossInputs.denom`` (:func:`~xsoftmax._reduction.mean_denominator` of all
+labels, used by :func:`~xsoftmax._reduction.row_coefficients` instead of the
+block's own ``D``), so one call gives exactly
 the "mean" gradient of the block's rows and the block's share
 ``Σ_{i∈B_b} row_i / D`` of the mean loss, with no extra pass over the
 ``(N_b, C)`` block; the loss is the tree sum of the shares (NaN when
@@ -47,14 +48,13 @@ from typing import Any
 
 from .._backend import array_namespace, backend_name
 from .._dtypes import compute_dtype
-from .._reduction import label_weights
+from .._reduction import LossInputs, mean_denominator
 from .._typing import Array, DType
-from .._validate import LossInputs
 
 __all__ = ["softmax_loss"]
 
 
-def softmax_loss(inp: LossInputs, *, out: Array | None = None) -> tuple[Array, Array]:
+def softmax_loss(inp: LossInputs, /, *, out: Array | None = None) -> tuple[Array, Array]:
     r"""``softmax_loss`` for row-chunked Dask arrays; lazy until computed.
 
     Same values and gradients as the reference engine (see
@@ -86,17 +86,18 @@ def softmax_loss(inp: LossInputs, *, out: Array | None = None) -> tuple[Array, A
     args: list[Any] = [s, "ij", y, "i"]
     if w is not None:
         args += [w, "j"]
-    denom: Any = None
     if inp.reduction == "mean":
-        if w is None and inp.ignore_index is None and not math.isnan(s.shape[0]):
-            # Every row counts once: D = N, known without reading the labels,
-            # so the kernels need not wait for a pass over them. (N is NaN
-            # after boolean masking; the labels then count the rows.)
-            denom = float(s.shape[0])
-            args += [denom, None]
-        else:
-            denom = _denominator(y, w, c, inp.ignore_index, cdt)
-            args += [denom, ()]
+        # D = N needs no labels, so the kernels need not wait for a pass over
+        # them; otherwise one task per label block, then a tree sum.
+        denom = mean_denominator(
+            inp.xp,
+            y,
+            weight=w,
+            ignore_index=inp.ignore_index,
+            dtype=cdt,
+            blockwise=functools.partial(_blockwise_sum, y, w, cdt),
+        )
+        args += [denom, ()]
     meta2 = s._meta
     meta1 = _meta_1d(s)
     # The class axis j is contracted away but holds one block, so the kernel
@@ -166,40 +167,21 @@ def _meta_1d(s: Array) -> Array:
     return meta_from_array(s._meta, ndim=1)
 
 
-def _denominator(y: Array, w: Array | None, c: int, ignore_index: int | None, cdt: DType) -> Array:
-    """``D = Σ_b D_b`` as a 0-d Dask array: one task per label block, then a tree sum."""
+def _blockwise_sum(y: Array, w: Array | None, cdt: DType, block_sum: Any) -> Array:
+    """``Σ_b block_sum(y_b, w)`` as a 0-d Dask array: one task per label block, then a tree sum."""
     import dask.array as da
 
-    args: list[Any] = [y, "i"] + ([w, "j"] if w is not None else [])
+    args: list[Any] = [y, "i"] + ([w, "j"] if w is not None else [None, None])
     partial = da.blockwise(
-        _block_denominator,
+        block_sum,
         "i",
         *args,
         token="xsoftmax-mean-denominator",
         adjust_chunks={"i": 1},
         concatenate=True,
         meta=_meta_1d(y).astype(cdt),
-        num_classes=c,
-        ignore_index=ignore_index,
-        compute_dtype=cdt,
     )
     return partial.sum()
-
-
-def _block_denominator(
-    y: Array, w: Array | None = None, *, num_classes: int, ignore_index: int | None, compute_dtype: DType
-) -> Array:
-    """``D_b = Σ_{i∈B_b} v_i w_{y_i}`` as a ``(1,)`` array (see ``label_weights``)."""
-    xp = array_namespace(y)
-    _, wy = label_weights(
-        xp,
-        y,
-        num_classes=num_classes,
-        weight=None if w is None else xp.asarray(w),
-        ignore_index=ignore_index,
-        dtype=compute_dtype,
-    )
-    return xp.reshape(xp.sum(wy), (1,))
 
 
 def _block_kernel(
@@ -233,14 +215,16 @@ def _block_kernel(
     # the compute dtype, and round only the block's total to the input dtype:
     # float16 row shares row_i / D would each round (to subnormals, or to 0
     # for large N) before being added.
-    inp = LossInputs(xp, s, y, w, ignore_index, label_smoothing, reduction, False, denom)
-    rows, d = _chunk_engine(xp)(inp)
+    inp = LossInputs(
+        xp, s, y, w, ignore_index, label_smoothing, reduction, False, denom, backend_name(xp)
+    )
+    rows, d = _chunk_engine(inp.backend)(inp)
     if reduction != "none":
         rows = xp.reshape(xp.asarray(rows), (1,))
     return d, rows
 
 
-def _chunk_engine(xp: Any) -> Any:
+def _chunk_engine(backend: str) -> Any:
     """The "auto" engine of the chunk's namespace; the NumPy engine on one thread.
 
     See the module docstring for why one thread; an explicit
@@ -248,8 +232,8 @@ def _chunk_engine(xp: Any) -> Any:
     """
     from . import select_engine
 
-    engine = select_engine(xp, "auto")
-    if backend_name(xp) == "numpy":
+    engine = select_engine(backend, "auto")
+    if backend == "numpy":
         from . import numpy as numpy_engine
 
         if engine is numpy_engine.softmax_loss and numpy_engine.NUM_THREADS_ENV not in os.environ:

@@ -1,0 +1,101 @@
+r"""The reference engine: generic Array API code for every backend, readable rather than fast.
+
+Only functions of the Python Array API standard are used, with no in-place
+updates and no Python branching on array values, so it runs unchanged on
+NumPy, CuPy, PyTorch, JAX (also under ``jax.jit``), Dask (lazily) and
+array-api-strict. The fused engines are checked against it.
+
+Stability. For a row ``s`` with maximum ``m``,
+
+.. math::  \operatorname{lse}(s) = \log Σ_k e^{s_k} = m + \log Σ_k e^{s_k − m},
+
+and every ``s_k − m ≤ 0``, so no exponential overflows and the largest one is
+exactly 1. The loss of a row is ``lse(s) − s_y`` computed as
+``log Σ e^{s_k − m} − (s_y − m)``, never as ``−log(softmax(s)_y)``: that
+would round ``p_y`` to 0 and return ``inf`` for logits a few hundred apart.
+A maximum that is not finite (a row of ``−inf``, a masked-out row) is
+replaced by 0 before shifting (:func:`shifted`), so such a row gives
+``exp(−inf) = 0`` instead of ``−inf − (−inf) = NaN``.
+"""
+
+from __future__ import annotations
+
+from .._backend import device, scalar_like
+from .._dtypes import narrow, widen
+from .._reduction import LossInputs, reduce_loss, row_coefficients, row_loss
+from .._typing import Array, ArrayNamespace
+from .._validate import bad_labels
+
+__all__ = ["one_hot", "shifted", "softmax_loss"]
+
+
+def shifted(xp: ArrayNamespace, x: Array, axis: int) -> tuple[Array, Array]:
+    """``(x − m, m)`` with ``m`` the max along ``axis`` (kept), reset to 0 if not finite."""
+    m = xp.max(x, axis=axis, keepdims=True)
+    m = xp.where(xp.isfinite(m), m, scalar_like(xp, 0.0, m))
+    return x - m, m
+
+
+def one_hot(xp: ArrayNamespace, y: Array, num_classes: int) -> Array:
+    """Boolean ``(N, C)`` mask with ``mask[i, k] = (y_i == k)``.
+
+    The portable replacement for ``d[range(N), y] -= 1``, which needs
+    in-place fancy indexing that JAX, Dask and the standard do not have.
+    Labels outside ``[0, C)`` (ignored rows) give an all-False row.
+    """
+    classes = xp.arange(num_classes, dtype=y.dtype, device=device(y))
+    # y[:, None] rather than expand_dims: it also works for Dask arrays of
+    # unknown length (after boolean filtering), where expand_dims reshapes.
+    return y[:, None] == classes
+
+
+def _col(v: Array) -> Array:
+    """A per-row vector as a column; a 0-d coefficient (the same for all rows) as itself."""
+    return v[:, None] if v.ndim else v
+
+
+def softmax_loss(inputs: LossInputs, /, *, out: Array | None = None) -> tuple[Array, Array]:
+    r"""The generic engine: several array passes, readable rather than fast.
+
+    With ``z = s − m`` (row max ``m``), ``l = log Σ_k e^{z_k}``,
+    ``p = e^{z} / Σ e^{z}``, ``t = z_y`` and ``u = Σ_k w_k z_k``, the loss is
+    assembled by :func:`xsoftmax._reduction.row_loss` and the gradient is
+
+    .. math::  ∂\text{loss}/∂s_{ik} = c_i p_{ik} − a_i 1[k = y_i] − b_i w_k,
+
+    i.e. ``(p − onehot(y)) / N`` in the plain case: the "−1" of CS231n's
+    ``dscores[range(N), y] -= 1``.
+    """
+    xp, y = inputs.xp, inputs.y
+    s = widen(xp, inputs.scores)
+    c = s.shape[1]
+    w = None if inputs.weight is None else xp.astype(inputs.weight, s.dtype)
+    z, _ = shifted(xp, s, 1)
+    e = xp.exp(z)
+    se = xp.sum(e, axis=1)
+    l = xp.log(se)  # noqa: E741 (the l of the docstring)
+    hot = one_hot(xp, y, c)
+    zero = scalar_like(xp, 0.0, z)
+    t = xp.sum(xp.where(hot, z, zero), axis=1)
+    u = None
+    if inputs.label_smoothing:
+        u = xp.sum(z * w, axis=1) if w is not None else xp.sum(z, axis=1)
+    coef = row_coefficients(inputs._replace(weight=w), s.dtype)
+    rows = row_loss(xp, coef, l, t, u)
+
+    d = _col(coef.c) * (e / se[:, None]) - xp.where(hot, _col(coef.a), zero)
+    if coef.b is not None:
+        d = d - _col(coef.b) * (w if w is not None else scalar_like(xp, 1.0, z))
+    if inputs.labels_unchecked:
+        # Traced JAX labels cannot raise; a bad label poisons its row with NaN.
+        bad = bad_labels(y, c, inputs.ignore_index)
+        nan = scalar_like(xp, float("nan"), z)
+        rows = xp.where(bad, nan, rows)
+        d = xp.where(bad[:, None], nan, d)
+    loss = reduce_loss(xp, coef, rows, inputs.reduction)
+    dtype = inputs.scores.dtype
+    loss, d = narrow(xp, loss, dtype), narrow(xp, d, dtype)
+    if out is not None:
+        out[...] = d
+        d = out
+    return loss, d
