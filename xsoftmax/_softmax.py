@@ -26,6 +26,7 @@ from ._backend import array_namespace, device, scalar_like
 from ._dtypes import compute_dtype
 from ._engines import select_engine
 from ._reduction import reduce_loss, row_loss
+from ._routing import routed_softmax_loss
 from ._typing import Array, ArrayNamespace
 from ._validate import LossInputs, bad_labels, check_floating, check_loss_inputs, check_out
 
@@ -192,6 +193,13 @@ def softmax_loss(
     live in its namespace and on its device. Inputs are never modified
     (except ``out``).
     """
+    if engine == "auto":  # torch / JAX arrays: zero-copy views to the fast engines (_routing.py)
+        routed = routed_softmax_loss(
+            scores, y, reduction=reduction, weight=weight, ignore_index=ignore_index,
+            label_smoothing=label_smoothing, out=out,
+        )
+        if routed is not None:
+            return routed
     inp = check_loss_inputs(
         scores,
         y,
