@@ -137,6 +137,9 @@ class _SoftmaxLossFunction(torch.autograd.Function):
             # The logits are gone: let autograd's checks see that they changed.
             torch.autograd.graph.increment_version(input)
         ctx.reduction = reduction
+        # The gradient output has no gradient: without this autograd would
+        # hand backward an (N, C) tensor of zeros for it.
+        ctx.set_materialize_grads(False)
         ctx.mark_non_differentiable(d)
         ctx.save_for_backward(d)
         return loss, d
@@ -145,6 +148,8 @@ class _SoftmaxLossFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx: Any, grad_loss: torch.Tensor, _grad_d: Any) -> tuple[Any, ...]:
         (d,) = ctx.saved_tensors
+        if grad_loss is None:  # only dscores was used downstream: no gradient flows
+            return (None,) * 7
         if ctx.reduction == "none":
             grad = d * grad_loss.to(d.dtype).unsqueeze(1)
         elif bool(grad_loss == 1):
