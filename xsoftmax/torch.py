@@ -145,8 +145,21 @@ class _SoftmaxLossFunction(torch.autograd.Function):
         return loss, d
 
     @staticmethod
+    def backward(ctx: Any, grad_loss: torch.Tensor | None, _grad_d: Any) -> tuple[Any, ...]:
+        if torch.is_grad_enabled():
+            # once_differentiable alone would return a gradient without a graph
+            # when grad_output needs none: a silently wrong second derivative.
+            raise RuntimeError(
+                "xsoftmax.torch.cross_entropy is once differentiable: its gradient is computed in "
+                "the forward pass, so double backward (create_graph=True) is not supported; use "
+                "torch.nn.functional.cross_entropy where second derivatives are needed"
+            )
+        return _SoftmaxLossFunction._scaled(ctx, grad_loss)
+
+    @staticmethod
     @once_differentiable
-    def backward(ctx: Any, grad_loss: torch.Tensor, _grad_d: Any) -> tuple[Any, ...]:
+    def _scaled(ctx: Any, grad_loss: torch.Tensor | None) -> tuple[Any, ...]:
+        """``grad_loss · G`` (per row for "none"; ``G`` itself for exactly 1)."""
         (d,) = ctx.saved_tensors
         if grad_loss is None:  # only dscores was used downstream: no gradient flows
             return (None,) * 7
