@@ -127,7 +127,9 @@ def measure(fns: dict[str, Callable[[], Any]], repeat: int) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--shapes", type=lambda t: [parse_shape(x) for x in t.split(",")],
                         default=[(4096, 32000), (65536, 10)])
     parser.add_argument("--groups", default="torch,jax,route")

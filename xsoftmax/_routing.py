@@ -26,6 +26,7 @@ already come from them (array-api-compat's ``is_*_array`` checks do not import).
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import array_api_compat as compat
@@ -178,11 +179,11 @@ def run_path(
 
         if out is not None:
             raise ValueError("out= cannot be combined with a scores tensor that requires grad")
-        return _autograd_softmax_loss(scores, y, weight=weight, **options)  # type: ignore[no-any-return]
+        return _autograd_softmax_loss(scores, y, weight=weight, **options)
     if path == NUMPY_VIEWS:
         if out is not None and not compat.is_torch_array(out):
             return None  # JAX out=: the native check gives its TypeError
-        to_np = numpy_view
+        to_np: Callable[[Any], Any] = numpy_view
     elif path == CUPY_DLPACK:
         to_np = _torch_to_cupy
     else:

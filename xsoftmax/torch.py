@@ -62,8 +62,21 @@ __all__ = ["CrossEntropyLoss", "cross_entropy"]
 # here by the lead: linear_cross_entropy, LinearCrossEntropyLoss.
 # ---------------------------------------------------------------------------
 
-#: Threads of the NumPy engine under the torch adapter (None: the engine's default).
+#: Threads of the NumPy engine under the torch adapter. None: the engine's own
+#: default, capped by ``torch.get_num_threads()`` (a training loop that limits
+#: torch's threads limits ours too, and the two pools then do not fight for
+#: the cores: :func:`numpy_threads`).
 NUMPY_THREADS: int | None = None
+
+
+def numpy_threads() -> int | None:
+    """The NumPy engine's thread count under the adapter (None: its default, with its short-row rule)."""
+    if NUMPY_THREADS is not None:
+        return NUMPY_THREADS
+    from ._engines.numpy import default_num_threads
+
+    torch_threads = torch.get_num_threads()
+    return None if torch_threads >= default_num_threads() else torch_threads
 
 
 def _engine_loss(
@@ -76,7 +89,9 @@ def _engine_loss(
     out: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(loss, G)`` of detached inputs by the fastest engine for their device; ``G`` in ``out`` if given."""
-    options = dict(reduction=reduction, ignore_index=ignore_index, label_smoothing=label_smoothing)
+    options: dict[str, Any] = dict(
+        reduction=reduction, ignore_index=ignore_index, label_smoothing=label_smoothing
+    )
     path = _routing.choose_path(_routing.inspect_scores(input, grad_enabled=False))
     if path == _routing.NUMPY_VIEWS:
         return _numpy_loss(input, target, weight, out, options)
@@ -107,7 +122,7 @@ def _numpy_loss(
         out_view = view(out)
     elif out is not None:
         out_view = s  # the float32 copy of the bfloat16 logits: written in place, copied back below
-    loss, d = numpy_engine(inp, out=out_view, num_threads=NUMPY_THREADS)
+    loss, d = numpy_engine(inp, out=out_view, num_threads=numpy_threads())
     loss_t = _routing.from_numpy_like(loss, input)
     if out is None:
         return loss_t, _routing.from_numpy_like(d, input)
@@ -120,7 +135,7 @@ class _SoftmaxLossFunction(torch.autograd.Function):
     """``(loss, G)`` with ``G`` kept for backward; ``ignore_index`` in xsoftmax's sense."""
 
     @staticmethod
-    def forward(  # type: ignore[override]  # torch's signature is (ctx, *args)
+    def forward(
         ctx: Any,
         input: torch.Tensor,
         target: torch.Tensor,
@@ -165,7 +180,7 @@ class _SoftmaxLossFunction(torch.autograd.Function):
             return (None,) * 7
         if ctx.reduction == "none":
             grad = d * grad_loss.to(d.dtype).unsqueeze(1)
-        elif bool(grad_loss == 1):
+        elif grad_loss.item() == 1:  # a 0-d tensor: the host reads it without a kernel
             # A new tensor is not needed: autograd clones what it cannot own (retain_graph).
             grad = d
         else:
@@ -215,7 +230,9 @@ def _check_inputs(input: Any, target: Any, weight: Any) -> None:
             f"{tuple(input.shape)}, got shape {tuple(target.shape)}"
         )
     if weight is not None and (weight.ndim != 1 or weight.shape[0] != input.shape[1]):
-        raise ValueError(f"weight must have shape (C,) = ({input.shape[1]},), got shape {tuple(weight.shape)}")
+        raise ValueError(
+            f"weight must have shape (C,) = ({input.shape[1]},), got shape {tuple(weight.shape)}"
+        )
     _check_devices(input=input, target=target, weight=weight)
 
 
@@ -228,7 +245,11 @@ def _xs_ignore_index(target: torch.Tensor, num_classes: int, ignore_index: Any) 
         raise TypeError(f"ignore_index must be an int, got {ignore_index!r}")
     ignore_index = int(ignore_index)
     needed = ignore_index if 0 <= ignore_index < num_classes else None
-    if target.numel() == 0 or (int(target.min()) >= 0 and int(target.max()) < num_classes):
+    if target.numel() == 0:
+        return needed
+    # NumPy's reductions on the view: torch's take milliseconds at N = 65536 (thread start-up).
+    t = _routing.numpy_view(target) if target.device.type == "cpu" else target
+    if int(t.min()) >= 0 and int(t.max()) < num_classes:
         return needed  # no label equals an out-of-range ignore_index: uniform rows
     bad = ((target < 0) | (target >= num_classes)) & (target != ignore_index)
     if bool(bad.any()):
@@ -250,7 +271,7 @@ def cross_entropy(
     *,
     inplace_backward: bool = False,
 ) -> torch.Tensor:
-    """``torch.nn.functional.cross_entropy(input, target, ...)`` with the gradient computed in the forward pass.
+    """``torch.nn.functional.cross_entropy(input, target, ...)``, its gradient computed in the forward pass.
 
     ``input`` (N, C) logits, ``target`` (N,) class indices; ``weight``,
     ``ignore_index``, ``reduction`` and ``label_smoothing`` as in torch.
@@ -265,7 +286,7 @@ def cross_entropy(
     loss, _ = _SoftmaxLossFunction.apply(
         input, target, weight, xs_ignore, reduction, label_smoothing, inplace_backward
     )
-    return loss  # type: ignore[no-any-return]
+    return loss
 
 
 def _autograd_softmax_loss(
@@ -278,7 +299,7 @@ def _autograd_softmax_loss(
     label_smoothing: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``xs.softmax_loss`` of a tensor that requires grad: a differentiable loss and ``dscores``."""
-    return _SoftmaxLossFunction.apply(  # type: ignore[no-any-return]
+    return _SoftmaxLossFunction.apply(
         scores, y, weight, ignore_index, reduction, label_smoothing, False
     )
 
