@@ -271,6 +271,23 @@ def test_two_devices_name_the_argument():
         cross_entropy(x, y.to("meta"))
 
 
+def test_engine_threads_follow_torch_set_num_threads(monkeypatch):
+    import xsoftmax.torch as xt
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert xt.numpy_threads() == 1
+        monkeypatch.setattr(xt, "NUMPY_THREADS", 3)
+        assert xt.numpy_threads() == 3
+        monkeypatch.setattr(xt, "NUMPY_THREADS", None)
+        monkeypatch.setenv("XSOFTMAX_NUM_THREADS", "1")
+        torch.set_num_threads(2)
+        assert xt.numpy_threads() is None  # the engine's own default (and short-row rule)
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_import_xsoftmax_imports_neither_torch_nor_jax():
     code = (
         "import sys, numpy as np, xsoftmax as xs; xs.softmax_loss(np.ones((2, 3)), np.array([0, 1]));"
