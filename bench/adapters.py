@@ -114,12 +114,17 @@ GROUPS = {"torch": torch_group, "jax": jax_group, "route": route_group}
 
 
 def measure(fns: dict[str, Callable[[], Any]], repeat: int) -> dict[str, float]:
-    """Median seconds of each function, run in turn (interleaved) ``repeat`` times after a warm-up."""
+    """Median seconds of each function, run in turn (interleaved) ``repeat`` times after a warm-up.
+
+    Odd rounds run the functions in reverse order: the second of a pair was
+    measured up to 3x slower than the first at 65536 x 10 whichever it was,
+    so each takes each position equally often.
+    """
     for f in fns.values():
         f()
     times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeat):
-        for name, f in fns.items():
+    for i in range(repeat):
+        for name, f in list(fns.items())[:: 1 if i % 2 == 0 else -1]:
             t0 = time.perf_counter()
             f()
             times[name].append(time.perf_counter() - t0)
