@@ -189,6 +189,30 @@ def test_jax_concrete_arrays_take_numpy_views_and_traced_ones_the_reference(monk
 
 
 @jax_only
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32", "float64"])
+def test_jax_routed_dtypes_match_the_reference(dtype):
+    import jax.numpy as jnp
+
+    rng = np.random.default_rng(0)
+    s = jnp.asarray(rng.standard_normal((9, 5)) * 3, dtype=dtype)
+    y = jnp.asarray(rng.integers(0, 5, 9))
+    loss, d = xs.softmax_loss(s, y, label_smoothing=0.1)
+    ref_loss, ref_d = xs.softmax_loss(s, y, label_smoothing=0.1, engine="reference")
+    assert loss.dtype == d.dtype == s.dtype and type(d) is type(ref_d)
+    tol = {"float16": 2e-3, "bfloat16": 2e-2}.get(dtype, 1e-6)
+    np.testing.assert_allclose(np.asarray(d, np.float64), np.asarray(ref_d, np.float64), atol=tol)
+    np.testing.assert_allclose(float(loss), float(ref_loss), rtol=tol)
+
+
+@torch_only
+def test_softmax_loss_out_with_requires_grad_is_rejected():
+    import torch
+
+    with pytest.raises(ValueError, match="out= cannot be combined"):
+        xs.softmax_loss(torch.zeros(2, 3, requires_grad=True), torch.tensor([0, 1]), out=torch.zeros(2, 3))
+
+
+@jax_only
 def test_jax_out_is_still_rejected():
     import jax.numpy as jnp
 

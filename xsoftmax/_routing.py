@@ -136,7 +136,10 @@ def numpy_view(x: Any) -> np.ndarray:
         if t.dtype == torch.bfloat16:
             t = t.float()
         return t.numpy()
-    return np.asarray(x)
+    a = np.asarray(x)
+    if a.dtype.kind == "V" or a.dtype.name == "bfloat16":  # JAX's bfloat16 is ml_dtypes', not NumPy's
+        a = a.astype(np.float32)
+    return a
 
 
 def from_numpy_like(a: np.ndarray, like: Any) -> Any:
