@@ -133,6 +133,18 @@ def test_repeated_backward_with_retain_graph():
     torch.testing.assert_close(first.double(), ref, rtol=2e-5, atol=2e-6)
 
 
+def test_kept_gradient_is_released_by_backward():
+    x, y, _ = make()
+    leaf = x.clone().requires_grad_()
+    loss = cross_entropy(leaf, y)
+    (kept,) = loss.grad_fn.saved_tensors
+    assert kept.shape == x.shape
+    del kept
+    loss.backward()
+    with pytest.raises(RuntimeError, match="freed"):
+        _ = loss.grad_fn.saved_tensors  # the graph no longer holds the N x C gradient
+
+
 def test_gradient_flows_through_earlier_ops_and_loss_reuse():
     x, y, _ = make()
     w = torch.randn(C, C, dtype=torch.float32, requires_grad=True)
