@@ -244,7 +244,7 @@ def test_cli_rejects_bad_options(capsys, monkeypatch):
     for bad in (["--backends", "numpy,tensorflow"], ["--peers", "mxnet"], ["--dtype", "int8"]):
         with pytest.raises(SystemExit):
             main(["bench", *bad])
-    assert "choose from torch, jax, naive" in capsys.readouterr().err
+    assert "choose from torch, xsoftmax.torch, jax, xsoftmax.jax, naive" in capsys.readouterr().err
     assert main(["bench", "--repeat", "0"]) == 2
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
     assert main(["bench", "--plot", "x.png"]) == 2

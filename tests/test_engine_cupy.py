@@ -48,7 +48,7 @@ def inputs(cp, dtype, *, n=257, c=129, seed=0, labels="int32", options="all"):
 
 
 def assert_engines_agree(cp, got, ref):
-    for name, a, b in zip(("loss", "dscores"), got, ref):
+    for name, a, b in zip(("loss", "dscores"), got, ref, strict=True):
         assert isinstance(a, cp.ndarray) and a.dtype == b.dtype and a.shape == b.shape
         a64, b64 = cp.asnumpy(a).astype(np.float64), cp.asnumpy(b).astype(np.float64)
         finite = b64[np.isfinite(b64)]

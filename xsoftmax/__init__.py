@@ -26,7 +26,8 @@ from ._layers import (
     relu_forward,
 )
 from ._linear import linear_softmax_loss
-from ._softmax import log_softmax, logsumexp, softmax, softmax_loss
+from ._primitives import log_softmax, logsumexp, softmax
+from ._softmax import softmax_loss
 
 try:
     __version__ = _metadata.version("xsoftmax")  # one copy of the version: pyproject.toml's

@@ -352,11 +352,11 @@ def linear_softmax_loss(
         reduction=reduction, weight=weight, ignore_index=ignore_index,
         label_smoothing=label_smoothing, chunk_rows=chunk_rows,
     )  # fmt: skip
+    denom = mean_denominator(p) if p.reduction == "mean" else None
     if backend_name(p.xp) == "dask":
         from ._linear_dask import linear_softmax_loss_dask
 
-        return linear_softmax_loss_dask(p, _eager)
-    denom = mean_denominator(p) if p.reduction == "mean" else None
+        return linear_softmax_loss_dask(p, _eager, denom)
     return _eager(p, denom)
 
 
@@ -408,7 +408,7 @@ def linear_lse_forward(p: Problem) -> tuple[Array, Array]:
     With ``l_i = lse_i`` (no shift), ``t_i = s_{i,y_i}`` and ``u_i = Σ_k w_k s_ik``
     the row loss is :func:`~xsoftmax._reduction.row_loss`; no gradient is formed.
     """
-    from ._softmax import logsumexp
+    from ._primitives import logsumexp
 
     xp = p.xp
     weight = _cast(xp, p.weight, p.cdt)

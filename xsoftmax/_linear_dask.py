@@ -28,12 +28,16 @@ from ._typing import Array
 __all__ = ["linear_softmax_loss_dask"]
 
 
-def linear_softmax_loss_dask(p: Any, eager: Callable[..., tuple[Any, ...]]) -> tuple[Any, ...]:
-    """``(loss, dx, dw, db)`` as lazy Dask arrays for the validated problem ``p``."""
+def linear_softmax_loss_dask(
+    p: Any, eager: Callable[..., tuple[Any, ...]], denom: Any
+) -> tuple[Any, ...]:
+    """``(loss, dx, dw, db)`` as lazy Dask arrays for the validated problem ``p``.
+
+    ``eager`` runs one block as :mod:`xsoftmax._linear` runs an in-memory
+    batch; ``denom`` is the whole batch's lazy "mean" denominator (else None).
+    """
     import dask.array as da
     from dask.array.utils import meta_from_array
-
-    from ._linear import mean_denominator
 
     x = p.x.rechunk({1: -1})  # a no-op when x already has whole rows in its blocks
     y = p.y.rechunk((x.chunks[0],))
@@ -44,7 +48,7 @@ def linear_softmax_loss_dask(p: Any, eager: Callable[..., tuple[Any, ...]]) -> t
     if p.weight is not None:
         args += [p.weight.rechunk(-1), "k"]
     if p.reduction == "mean":
-        args += [mean_denominator(p), ()]
+        args += [denom, ()]
     meta2 = x._meta.astype(p.dtype)
     quad = da.blockwise(
         _block,

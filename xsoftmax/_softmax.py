@@ -1,66 +1,19 @@
-"""Softmax primitives and softmax cross-entropy: the public layer.
+"""``softmax_loss``, the public layer: route torch / JAX arrays, else validate and dispatch.
 
-Each function validates its arguments, then computes: the primitives with
-the generic code of :mod:`xsoftmax._engines.reference` (a few array calls),
-``softmax_loss`` by dispatching to an engine (:mod:`xsoftmax._engines`).
-The math and its stability argument are in that module's docstring.
+torch and JAX inputs may take a faster path (:mod:`xsoftmax._routing`: zero-copy
+views to the NumPy or CuPy engine, or the torch autograd adapter); every
+other call is validated and run by an engine (:mod:`xsoftmax._dispatch`,
+:mod:`xsoftmax._engines`). The math is in :mod:`xsoftmax._engines.reference`
+and :mod:`xsoftmax._reduction`.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from ._dispatch import dispatch_softmax_loss
+from ._routing import TORCH_AUTOGRAD, route, run_path
+from ._typing import Array, Engine, Reduction
 
-from ._backend import array_namespace
-from ._dtypes import narrow, widen
-from ._engines import select_engine
-from ._engines.reference import shifted
-from ._typing import Array, ArrayNamespace, Engine, Reduction
-from ._validate import check_floating, check_loss_inputs, check_out
-
-__all__ = ["log_softmax", "logsumexp", "softmax", "softmax_loss"]
-
-
-def _primitive_input(x: Any, axis: Any, name: str = "x") -> tuple[ArrayNamespace, Array, int]:
-    xp = array_namespace(x, names=(name,))
-    check_floating(xp, x, name)
-    if isinstance(axis, bool) or not isinstance(axis, int):
-        raise TypeError(f"axis must be an int, got {axis!r}")
-    if not -x.ndim <= axis < x.ndim:
-        raise ValueError(f"axis {axis} is out of range for {name} with shape {tuple(x.shape)}")
-    if x.shape[axis] == 0:
-        raise ValueError(f"{name} has no elements along axis {axis}: shape {tuple(x.shape)}")
-    return xp, x, axis
-
-
-def logsumexp(x: Array, /, *, axis: int = -1, keepdims: bool = False) -> Array:
-    r"""``log Σ_k exp(x_k)`` along ``axis``, stable for any finite or ``−inf`` input.
-
-    Computed as ``m + log Σ exp(x − m)`` with ``m = max(x)``. A slice of all
-    ``−inf`` gives ``−inf``; float16 is computed in float32.
-    """
-    xp, x, axis = _primitive_input(x, axis)
-    z, m = shifted(xp, widen(xp, x), axis)
-    out = m + xp.log(xp.sum(xp.exp(z), axis=axis, keepdims=True))
-    if not keepdims:
-        out = xp.squeeze(out, axis=axis)
-    return narrow(xp, out, x.dtype)
-
-
-def softmax(x: Array, /, *, axis: int = -1) -> Array:
-    r"""``p_k = exp(x_k − m) / Σ_j exp(x_j − m)`` along ``axis`` (``m`` the max)."""
-    xp, x, axis = _primitive_input(x, axis)
-    z, _ = shifted(xp, widen(xp, x), axis)
-    e = xp.exp(z)
-    p = e / xp.sum(e, axis=axis, keepdims=True)
-    return narrow(xp, p, x.dtype)
-
-
-def log_softmax(x: Array, /, *, axis: int = -1) -> Array:
-    r"""``log p_k = (x_k − m) − log Σ_j exp(x_j − m)``: never ``log(softmax(x))``."""
-    xp, x, axis = _primitive_input(x, axis)
-    z, _ = shifted(xp, widen(xp, x), axis)
-    out = z - xp.log(xp.sum(xp.exp(z), axis=axis, keepdims=True))
-    return narrow(xp, out, x.dtype)
+__all__ = ["softmax_loss"]
 
 
 def softmax_loss(
@@ -99,15 +52,25 @@ def softmax_loss(
     live in its namespace and on its device. Inputs are never modified
     (except ``out``).
     """
-    inp = check_loss_inputs(
-        scores,
-        y,
-        reduction=reduction,
-        weight=weight,
-        ignore_index=ignore_index,
-        label_smoothing=label_smoothing,
-        engine=engine,
-    )
-    if out is not None:
-        check_out(inp.xp, out, scores)
-    return select_engine(inp.backend, engine)(inp, out=out)
+    if engine == "auto":  # torch / JAX arrays: zero-copy views to the fast engines (_routing.py)
+        path = route(scores, y, weight, out)
+        if path == TORCH_AUTOGRAD:
+            from .torch import _autograd_softmax_loss
+
+            if out is not None:
+                raise ValueError("out= cannot be combined with a scores tensor that requires grad")
+            return _autograd_softmax_loss(
+                scores, y, weight=weight, reduction=reduction, ignore_index=ignore_index,
+                label_smoothing=label_smoothing,
+            )  # fmt: skip
+        if path is not None:
+            routed = run_path(
+                path, scores, y, weight=weight, out=out, reduction=reduction,
+                ignore_index=ignore_index, label_smoothing=label_smoothing,
+            )  # fmt: skip
+            if routed is not None:
+                return routed
+    return dispatch_softmax_loss(
+        scores, y, reduction=reduction, weight=weight, ignore_index=ignore_index,
+        label_smoothing=label_smoothing, engine=engine, out=out,
+    )  # fmt: skip

@@ -82,7 +82,9 @@ DEFAULT_SHAPES: tuple[tuple[int, int], ...] = ((8192, 1024), (512, 32000))
 #: peer name -> (library it needs, engine label in the table)
 PEERS: dict[str, tuple[str, str]] = {
     "torch": ("torch", "peer:F.cross_entropy"),
+    "xsoftmax.torch": ("torch", "torch:xsoftmax.torch"),  # the adapters, beside their framework's own
     "jax": ("jax", "peer:jit(value_and_grad)"),
+    "xsoftmax.jax": ("jax", "jax:xsoftmax.jax"),
     "naive": ("numpy", "peer:naive CS231n"),
 }
 
@@ -293,6 +295,8 @@ def make_peer(name: str, shape: tuple[int, int], dtype: str, *, seed: int = 0, d
     scores, y = host_inputs(shape, dtype, seed)
     inputs = lambda: (scores.astype(np.float64), y)  # noqa: E731
     library, label = PEERS[name]
+    if name.startswith("xsoftmax."):
+        return _adapter_peer(name, label, scores, y, inputs)
     if name == "jax":
         import jax
         import jax.numpy as jnp
@@ -308,6 +312,33 @@ def make_peer(name: str, shape: tuple[int, int], dtype: str, *, seed: int = 0, d
     if name == "naive":
         return Case("numpy", label, "peer", "cpu", lambda: naive_softmax_loss(scores, y), inputs)
     raise ValueError(f"peer must be one of {', '.join(PEERS)}, got {name!r}")
+
+
+def _adapter_peer(name: str, label: str, scores: np.ndarray, y: np.ndarray, inputs: Any) -> Case:
+    """``xsoftmax.torch`` / ``xsoftmax.jax`` timed as their framework's peer row is."""
+    if name == "xsoftmax.torch":
+        import torch
+
+        from ..torch import cross_entropy
+
+        base, yt = torch.from_numpy(scores), torch.from_numpy(y)
+
+        def step() -> tuple[Any, Any]:
+            leaf = base.detach().requires_grad_()  # a fresh leaf, as the F.cross_entropy row
+            loss = cross_entropy(leaf, yt)
+            loss.backward()
+            return loss.detach(), leaf.grad
+
+        return Case("torch", label, "peer", "cpu", step, inputs, host_traced=False)
+    import jax
+    import jax.numpy as jnp
+
+    from ..jax import cross_entropy as jax_cross_entropy
+
+    f = jax.jit(jax.value_and_grad(jax_cross_entropy))
+    sj, yj = jnp.asarray(scores), jnp.asarray(y)
+    return Case("jax", label, "peer", "cpu", lambda: jax.block_until_ready(f(sj, yj)), inputs,
+                host_traced=False)
 
 
 # --------------------------------------------------------------------------- measuring
@@ -541,10 +572,9 @@ def _torch_peer(shape: tuple[int, int], dtype: str, *, seed: int, device: str) -
     import torch.nn.functional as F
 
     s, yt, inputs = _torch_tensors(shape, dtype, seed, device)
-    leaf = s.requires_grad_()
 
     def fn() -> tuple[Any, Any]:
-        leaf.grad = None
+        leaf = s.detach().requires_grad_()  # a fresh leaf: a new gradient every step
         loss = F.cross_entropy(leaf, yt)
         loss.backward()
         return loss.detach(), leaf.grad
@@ -638,7 +668,8 @@ def run(args: argparse.Namespace) -> int:
     if unusable and not pairs and not peers:  # every backend asked for is unusable: one line, no table
         print(f"xsoftmax bench: no backend to measure: {'; '.join(unusable)}", file=sys.stderr)
         return 2
-    if "float64" in args.dtype and ("jax" in peers or any(b == "jax" for b, _ in pairs)):
+    uses_jax = any(PEERS[p][0] == "jax" for p in peers) or any(b == "jax" for b, _ in pairs)
+    if "float64" in args.dtype and uses_jax:
         enable_jax_float64()
     units = [(shape, dtype, item) for shape in args.shapes for dtype in args.dtype
              for item in [*pairs, *((None, p) for p in peers)]]
