@@ -23,6 +23,7 @@ from _block_twin import HEADER, BlockTwinLauncher, BlockTwinUnavailable, compile
 import xsoftmax as xs
 from xsoftmax._engines._cuda_source import ROW_SOURCE
 from xsoftmax._engines.cupy import fused_row_softmax_loss, row_plan
+from xsoftmax._reduction import row_coefficients
 from xsoftmax._validate import check_loss_inputs, check_out
 
 from _cpu_twin import TwinLauncher
@@ -280,11 +281,13 @@ def test_block_twin_bfloat16_rows(launcher):
     y = rng.integers(0, c, n).astype(np.int64)
     inp = check_loss_inputs(values, y, reduction="sum", weight=None, ignore_index=None,
                             label_smoothing=0.0, engine="fused-row")
-    coef = inp.coefficients(y, weight=None, dtype=np.float32, denom=None)
+    coef = row_coefficients(inp, np.float32)
+    # 0-d coefficients are shared by every row; the kernel reads (N,) arrays.
+    a_rows, c_rows = np.full(n, coef.a, np.float32), np.full(n, coef.c, np.float32)
     plan = row_plan(n, c, 2, limit_bytes=LIMIT)
     lse, t = np.empty(n, np.float32), np.empty(n, np.float32)
     d = np.empty((n, c), np.uint16)
-    launcher(plan, "bfloat16", "int64", s16, c, y, n, c, coef.a, coef.c, coef.a,
+    launcher(plan, "bfloat16", "int64", s16, c, y, n, c, a_rows, c_rows, a_rows,
              np.ones(c, np.float32), 0, plan.group, lse, t, lse, d, c)
     grad = (d.astype(np.uint32) << 16).view(np.float32)
     ref_loss, ref_d = xs.softmax_loss(values.astype(np.float64), y, reduction="none", engine="reference")

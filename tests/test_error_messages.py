@@ -47,14 +47,15 @@ def test_device_names_as_engine_point_to_cupy_arrays(engine):
     with pytest.raises(ValueError) as exc:
         xs.softmax_loss(SCORES, LABELS, engine=engine)
     message = str(exc.value)
-    assert message.startswith(f"engine must be one of ('auto', 'reference', 'fused'), got {engine!r}")
+    expected = f"engine must be one of ('auto', 'reference', 'fused', 'fused-row'), got {engine!r}"
+    assert message.startswith(expected)
     assert "the GPU (fused CUDA) engine runs when the scores are CuPy arrays" in message
 
 
 def test_unknown_engine_keeps_the_short_message():
     with pytest.raises(ValueError) as exc:
         xs.softmax_loss(SCORES, LABELS, engine="fast")
-    assert str(exc.value) == "engine must be one of ('auto', 'reference', 'fused'), got 'fast'"
+    assert str(exc.value) == "engine must be one of ('auto', 'reference', 'fused', 'fused-row'), got 'fast'"
 
 
 @pytest.mark.parametrize("cls", [TwoLayerNet, FullyConnectedNet])
