@@ -39,6 +39,32 @@ any row with a finite maximum; a row of all ``−inf`` has no probabilities
 and gives NaN, as in PyTorch), also when every row is ignored and ``D = 0``.
 With ``D = 0`` the "mean" loss is NaN and the kept rows' gradient NaN, as in
 PyTorch (:func:`mean_of_total`, :func:`inverse_denominator`).
+
+**Probability targets** (``y`` floating, of the scores' shape: row ``i`` has
+a target distribution ``q_i``; :func:`is_probability`). With
+``Q_i = Σ_k w_k q_ik`` and ``uq_i = Σ_k w_k q_ik (s_ik − m_i)``, both read
+from the row by the engine, ``α = 1 − ε`` and ``β = ε/C`` for every row
+(there is no ``ignore_index``) and ``D = N`` for "mean" (never the weights,
+as in torch):
+
+.. math::
+
+    \text{row loss}_i = α (Q_i l_i − uq_i) + β (W l_i − u_i),\qquad
+    \frac{∂\,\text{loss}}{∂ s_{ik}} = c_i p_{ik} − a\, w_k q_{ik} − b\, w_k,
+    \quad c_i = a Q_i + b W
+
+(:func:`probability_c`); ``q`` need not sum to 1.
+
+**z-loss** ``ζ`` adds ``ζ v_i lse_i²`` to each row (unweighted); "mean"
+divides this term by ``V = Σ_i v_i`` (:func:`mean_denominator` without
+weights), not by ``D``. Its gradient ``2ζ v_i lse_i p_ik`` joins the ``p``
+term: ``c_i → c_i + zc_i lse_i`` with ``zc_i = 2ζ v_i / V`` ("mean") or
+``2ζ v_i``; :func:`z_rows` gives the rows' term and :func:`reduce_loss`
+its reduction. ``lse_i = m_i + l_i`` needs the shift back.
+
+**softcap** ``c`` replaces the scores by ``c tanh(s/c)`` before anything
+above, and multiplies the finished gradient by ``1 − tanh²(s/c)``
+(:func:`softcap_factor`); it changes no coefficient.
 """
 
 from __future__ import annotations
@@ -56,11 +82,15 @@ __all__ = [
     "LossInputs",
     "RowCoefficients",
     "inverse_denominator",
+    "is_probability",
     "mean_denominator",
     "mean_of_total",
+    "probability_c",
     "reduce_loss",
     "row_coefficients",
     "row_loss",
+    "softcap_factor",
+    "z_rows",
 ]
 
 
@@ -88,6 +118,13 @@ class LossInputs(NamedTuple):
     denom: Array | None = None
     #: The backend's name ("numpy", "torch", ...), resolved once by the checks.
     backend: str = ""
+    #: ζ of the z-loss (0: none).
+    z_loss: float = 0.0
+    #: c of the logit softcap (None: none).
+    softcap: float | None = None
+    #: For "mean" with z-loss: the whole batch's ``V`` (rows not ignored), 0-d,
+    #: when these inputs are one block of it; None means "from these labels".
+    zdenom: Array | None = None
 
 
 class RowCoefficients(NamedTuple):
@@ -102,6 +139,28 @@ class RowCoefficients(NamedTuple):
     c: Array
     wsum: Array | float  # W = Σ_k w_k (C when unweighted)
     valid: Array | None  # bool, row not ignored; None without ignore_index (every row counts)
+    #: z-loss: ``ζ v_i`` (the rows' term before the reduction) and the gradient's
+    #: ``zc_i`` (``2ζ v_i`` scaled as the reduction says); None without z-loss.
+    zrow: Array | None = None
+    zc: Array | None = None
+    zdenom: Array | None = None  # V, 0-d, for reduction="mean" with z-loss
+
+
+def is_probability(inputs: LossInputs) -> bool:
+    """Whether ``inputs.y`` holds class probabilities (floating, the scores' shape), not labels."""
+    return bool(inputs.y.ndim == 2)
+
+
+def probability_c(coef: RowCoefficients, q_sum: Array) -> Array:
+    """``c_i = a Q_i + b W`` of probability targets, from ``Q_i = Σ_k w_k q_ik``."""
+    c = coef.a * q_sum
+    return c if coef.b is None else c + coef.b * coef.wsum
+
+
+def softcap_factor(xp: ArrayNamespace, capped: Array, cap: float) -> Array:
+    """``1 − tanh²(s/c) = 1 − (z/c)²`` from the capped logits ``z = c tanh(s/c)``: ``∂z/∂s``."""
+    t = capped / cap
+    return (1.0 - t) * (1.0 + t)  # (1 − t)(1 + t): accurate near saturation, where 1 − t² cancels
 
 
 def _in_dtype(xp: ArrayNamespace, weight: Array | None, dtype: DType) -> Array | None:
@@ -187,6 +246,8 @@ def row_coefficients(inputs: LossInputs, dtype: DType) -> RowCoefficients:
     xp, y, ignore_index = inputs.xp, inputs.y, inputs.ignore_index
     num_classes = inputs.scores.shape[1]
     weight = _in_dtype(xp, inputs.weight, dtype)
+    if is_probability(inputs):
+        return _probability_coefficients(inputs, weight, dtype)
     if weight is None and ignore_index is None:
         valid = None
         vf = wy = xp.ones((), dtype=dtype, device=device(y))
@@ -209,7 +270,62 @@ def row_coefficients(inputs: LossInputs, dtype: DType) -> RowCoefficients:
     a = alpha * scale
     b = beta * scale if beta is not None else None
     c = (alpha + beta * wsum) * scale if beta is not None else a
-    return RowCoefficients(alpha, beta, denom, a, b, c, wsum, valid)
+    coef = RowCoefficients(alpha, beta, denom, a, b, c, wsum, valid)
+    return _with_z_loss(inputs, coef, valid, vf, dtype)
+
+
+def _probability_coefficients(inputs: LossInputs, weight: Array | None, dtype: DType) -> RowCoefficients:
+    """Probability targets: the same 0-d α, β, a, b for every row; ``c`` is :func:`probability_c`'s ``a``."""
+    xp, y = inputs.xp, inputs.y
+    num_classes = inputs.scores.shape[1]
+    one = xp.ones((), dtype=dtype, device=device(y))
+    wsum: Array | float = float(num_classes) if weight is None else xp.sum(weight)
+    eps = inputs.label_smoothing
+    alpha = one * (1.0 - eps)
+    beta = one * (eps / num_classes) if eps else None
+    denom = None
+    scale = one
+    if inputs.reduction == "mean":  # D = N rows, never the weights (torch)
+        denom = inputs.denom
+        if denom is None:
+            denom = mean_denominator(xp, y, weight=None, ignore_index=None, dtype=dtype)
+        scale = inverse_denominator(xp, denom)
+    a = alpha * scale
+    b = beta * scale if beta is not None else None
+    coef = RowCoefficients(alpha, beta, denom, a, b, a, wsum, None)
+    return _with_z_loss(inputs, coef, None, one, dtype)
+
+
+def _with_z_loss(
+    inputs: LossInputs, coef: RowCoefficients, valid: Array | None, vf: Array, dtype: DType
+) -> RowCoefficients:
+    """``coef`` with the z-loss fields (``zrow = ζ v``, ``zc``, ``V``) when ``ζ > 0``."""
+    zeta = inputs.z_loss
+    if not zeta:
+        return coef
+    xp = inputs.xp
+    zrow = vf * zeta
+    zdenom = None
+    if inputs.reduction == "mean":
+        zdenom = inputs.zdenom
+        if zdenom is None:
+            ignore = None if is_probability(inputs) else inputs.ignore_index
+            zdenom = mean_denominator(xp, inputs.y, weight=None, ignore_index=ignore, dtype=dtype)
+        inv = inverse_denominator(xp, zdenom)
+        # Kept rows 2ζ/V, ignored rows exactly 0 (also when V = 0).
+        zc = inv * (2.0 * zeta) if valid is None else xp.where(valid, inv * (2.0 * zeta), xp.zeros_like(vf))
+    else:
+        zc = vf * (2.0 * zeta)
+    return coef._replace(zrow=zrow, zc=zc, zdenom=zdenom)
+
+
+def z_rows(xp: ArrayNamespace, coef: RowCoefficients, lse: Array) -> Array:
+    """``ζ v_i lse_i²``, the z-loss term of each row (ignored rows exactly 0, not ``0 · inf``)."""
+    assert coef.zrow is not None, "z_rows needs coefficients made with z_loss > 0"
+    rows = coef.zrow * (lse * lse)
+    if coef.valid is None:
+        return rows
+    return xp.where(coef.valid, rows, scalar_like(xp, 0.0, rows))
 
 
 def row_loss(
@@ -218,14 +334,20 @@ def row_loss(
     l: Array,  # noqa: E741
     t: Array | None,
     u: Array | None,
+    q_sum: Array | None = None,
 ) -> Array:
-    """``α (l − t) + β (W l − u)``: the unnormalised loss of each row.
+    """``α (l − t) + β (W l − u)``: the unnormalised cross-entropy of each row.
 
     ``t`` None: every ``t_i`` is 0 (the NumPy engine shifts rows by their
-    target logit). Ignored rows are exactly 0 (not ``0 · inf``) whatever
-    their logits.
+    target logit). Probability targets pass ``q_sum = Q_i`` and
+    ``t = uq_i``: ``α (Q l − uq) + β (W l − u)``. Ignored rows are exactly 0
+    (not ``0 · inf``) whatever their logits.
     """
-    rows = coef.alpha * (l if t is None else l - t)
+    if q_sum is not None:
+        l_q = q_sum * l
+        rows = coef.alpha * (l_q if t is None else l_q - t)
+    else:
+        rows = coef.alpha * (l if t is None else l - t)
     if coef.beta is not None:
         rows = rows + coef.beta * (coef.wsum * l - u)
     if coef.valid is None:
@@ -233,16 +355,29 @@ def row_loss(
     return xp.where(coef.valid, rows, scalar_like(xp, 0.0, rows))  # 0-d: no (N,) zeros
 
 
-def reduce_loss(xp: ArrayNamespace, coef: RowCoefficients, rows: Array, reduction: str) -> Array:
-    """Apply the reduction: ``Σ rows / D`` ("mean"), ``Σ rows`` ("sum"), ``rows``."""
+def reduce_loss(
+    xp: ArrayNamespace, coef: RowCoefficients, rows: Array, reduction: str, zrows: Array | None = None
+) -> Array:
+    """Apply the reduction: ``Σ rows / D`` ("mean"), ``Σ rows`` ("sum"), ``rows``.
+
+    ``zrows`` (z-loss, :func:`z_rows`) are added: per row for "none", summed
+    for "sum", and divided by their own ``V`` for "mean".
+    """
     if reduction == "none":
-        return rows
+        return rows if zrows is None else rows + zrows
+    total = _total(xp, rows)
+    ztotal = None if zrows is None else _total(xp, zrows)
+    if reduction == "sum":
+        return total if ztotal is None else total + ztotal
+    loss = mean_of_total(xp, total, coef.denom)
+    return loss if ztotal is None else loss + mean_of_total(xp, ztotal, coef.zdenom)
+
+
+def _total(xp: ArrayNamespace, rows: Array) -> Array:
     total = xp.sum(rows)
     if isinstance(total, np.generic):  # a 0-d array, not NumPy's scalar
         total = xp.asarray(total)  # (only there: torch.asarray warns on a grad-tracking tensor)
-    if reduction == "sum":
-        return total
-    return mean_of_total(xp, total, coef.denom)
+    return total
 
 
 def _safe(xp: ArrayNamespace, denom: Array) -> tuple[Array, Array]:
