@@ -21,7 +21,8 @@ def test_float_labels_say_how_to_cast(xp):
     with pytest.raises(ValueError) as exc:
         xs.softmax_loss(on(xp, SCORES), on(xp, LABELS.astype(np.float64)))
     message = str(exc.value)
-    assert message.startswith("y: a floating y holds class probabilities and must have the scores' shape (4, 3)")
+    expected = "y: a floating y holds class probabilities and must have the scores' shape (4, 3)"
+    assert message.startswith(expected)
     assert "got shape (4,)" in message
     assert "y.astype(np.int64)" in message and "xp.astype(y, xp.int64)" in message
 

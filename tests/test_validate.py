@@ -29,7 +29,8 @@ def loss(xp, scores=S, y=Y, **kw):
 def test_scores_wrong_ndim(xp):
     with pytest.raises(ValueError, match=r"scores must have shape \(N, C\), \(N, C, d1, ..., dk\) or \(C,\)"):
         loss(xp, scores=S[0, 0], y=Y[0])
-    with pytest.raises(ValueError, match=r"y must have shape \(1, 3\) \(scores \(1, 4, 3\) without the class"):
+    kdim_labels = r"y must have shape \(1, 3\) \(scores \(1, 4, 3\) without the class"
+    with pytest.raises(ValueError, match=kdim_labels):
         loss(xp, scores=S[None])
     with pytest.raises(ValueError, match=r"y has the scores' shape \(4,\) but an integer dtype"):
         loss(xp, scores=S[:, 0])
