@@ -19,6 +19,12 @@ the "mean" gradient of the block's rows and the block's share
 ``(N_b, C)`` block; the loss is the tree sum of the shares (NaN when
 ``D = 0``, as every share is).
 
+With z-loss the "mean" also needs ``V = Σ_i v_i`` (rows not ignored), made
+the same way and passed as ``LossInputs.zdenom``; probability targets (``y``
+chunked like the scores) have ``D = V = N``. Scores chunked along the class
+axis too are handled by :mod:`xsoftmax._engines._dask_classes` (row states
+merged across the class chunks), with the same ``D`` and ``V``.
+
 Graph (``K`` blocks): label check ``K``; ``D_b`` ``K`` and their tree sum
 ``K + O(log K)`` (only when ``D`` depends on the labels); the kernel ``K``
 (one task reads each scores block once, in place, and yields ``(dscores_b,
