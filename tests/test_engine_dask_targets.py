@@ -328,3 +328,23 @@ def test_class_chunks_on_a_local_cluster(dask_temporary_directory):
             ref_loss, ref_d = oracle_softmax_loss(s, target, weight=w, **kw, **extra)
             np.testing.assert_allclose(got_loss, ref_loss, rtol=1e-12)
             np.testing.assert_allclose(got_d, ref_d, rtol=1e-12, atol=1e-15)
+
+
+def test_first_engine_import_from_many_dask_threads():
+    """A fresh process whose first NumPy-engine lookup happens in several Dask threads at once.
+
+    A thread must not take the half-imported module from ``sys.modules``
+    ("partially initialized module ... has no attribute 'softmax_loss'").
+    """
+    import subprocess
+    import sys
+
+    code = (
+        "import numpy as np, dask, dask.array as da, xsoftmax as xs\n"
+        "s = da.from_array(np.random.default_rng(0).standard_normal((64, 5)), chunks=(4, -1))\n"
+        "y = da.from_array(np.arange(64) % 5, chunks=4)\n"
+        "dask.compute(*xs.softmax_loss(s, y), scheduler='threads', num_workers=8)\n"
+    )
+    for _ in range(3):
+        run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0, run.stderr[-2000:]
