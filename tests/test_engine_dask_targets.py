@@ -21,11 +21,7 @@ dask = pytest.importorskip("dask")
 from _oracle import oracle_softmax_loss  # noqa: E402
 
 import xsoftmax as xs  # noqa: E402
-from xsoftmax._backend import get_namespace  # noqa: E402
-from xsoftmax._engines import dask as dask_engine  # noqa: E402
 from xsoftmax._engines._dask_classes import _Layout, _merge  # noqa: E402
-from xsoftmax._reduction import LossInputs  # noqa: E402
-from xsoftmax._validate import _dask_checked_labels  # noqa: E402
 
 from _helpers import TOLERANCES, graph_size, no_compute  # noqa: E402
 
@@ -54,19 +50,9 @@ def _problem(seed=0, *, n=N, c=C, scale=3.0):
     return s, y, q, w
 
 
-def softmax_loss(ds, dy, *, weight=None, ignore_index=None, label_smoothing=0.0, reduction="mean",
-                 z_loss=0.0, softcap=None):  # fmt: skip
-    """The Dask engine on validated inputs, as the public layer hands them over.
-
-    Labels get the public layer's lazy range check, so bad labels raise at compute.
-    """
-    xp = get_namespace("dask")
-    if dy.ndim == 1:
-        dy = _dask_checked_labels(dy, ds.shape[1], ignore_index)
-    inp = LossInputs(
-        xp, ds, dy, weight, ignore_index, label_smoothing, reduction, False, None, "dask", z_loss, softcap
-    )
-    return dask_engine.softmax_loss(inp)
+def softmax_loss(ds, dy, **kw):
+    """The public entry point on Dask arrays with the fused (Dask) engine."""
+    return xs.softmax_loss(ds, dy, engine="fused", **kw)
 
 
 def _options(probabilities):
@@ -104,6 +90,8 @@ def _run(layout, probabilities, reduction, opts, *, dtype="float64", seed=0):
         loss, d = softmax_loss(ds, dy, reduction=reduction, weight=dw, **kw)
     assert d.chunks == ds.chunks and d.dtype == s.dtype and loss.dtype == s.dtype
     assert loss.shape == ((N,) if reduction == "none" else ())
+    if layout != "rows":  # this engine's class-chunked graph, not a fallback to the generic code
+        assert any(name.startswith("xsoftmax-row-state") for name in d.__dask_graph__().layers)
     with np.errstate(all="ignore"):
         got_loss, got_d = dask.compute(loss, d)
     ref_loss, ref_d = oracle_softmax_loss(
@@ -207,6 +195,26 @@ def test_extreme_logits_and_masks_across_class_chunks():
             np.testing.assert_allclose(got_d, ref_d, rtol=1e-12, atol=1e-15)
             if cap is not None:
                 assert np.all(np.isfinite(got_d)) and np.all(np.isfinite(got_loss))
+
+
+@pytest.mark.parametrize("probabilities", [False, True], ids=["labels", "probabilities"])
+def test_k_dimensional_class_chunks(probabilities):
+    """(N, C, d) scores chunked along the class axis: the public layer's rows keep the class chunks."""
+    rng = np.random.default_rng(8)
+    s = rng.standard_normal((6, 8, 5)) * 2
+    target = rng.random((6, 8, 5)) if probabilities else rng.integers(0, 8, (6, 5))
+    ds = da.from_array(s, chunks=(2, 2, 5))
+    dt = da.from_array(target, chunks=(2, 2, 5) if probabilities else (2, 5))
+    kw = dict(z_loss=1e-2, softcap=3.0, label_smoothing=0.1, weight=np.linspace(0.5, 1.5, 8))
+    for reduction in ("mean", "none"):
+        with no_compute():
+            dkw = kw | {"weight": da.from_array(kw["weight"])}
+            loss, d = softmax_loss(ds, dt, reduction=reduction, **dkw)
+        assert d.shape == s.shape and loss.shape == ((6, 5) if reduction == "none" else ())
+        got_loss, got_d = dask.compute(loss, d)
+        ref_loss, ref_d = oracle_softmax_loss(s, target, reduction=reduction, **kw)
+        np.testing.assert_allclose(got_loss, ref_loss, rtol=1e-12)
+        np.testing.assert_allclose(got_d, ref_d, rtol=1e-12, atol=1e-15)
 
 
 def test_merge_is_associative():

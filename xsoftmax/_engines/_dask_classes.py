@@ -217,7 +217,7 @@ def _grad_block(
     yq: Array,
     w: Any,
     offset: Any,
-    factors: list[Array],
+    factor_blocks: list[Array],
     *,
     layout: _Layout,
     softcap: float | None,
@@ -225,7 +225,7 @@ def _grad_block(
 ) -> Array:
     """``∂loss/∂s`` of one scores block from its row block's factors (module docstring)."""
     xp = array_namespace(s)
-    (factors,) = factors
+    (factors,) = factor_blocks  # the one block of the contracted factor axis
     z = _capped(xp, s, softcap, cdt)
     r, p_scale, a = factors[:, 0:1], factors[:, 1:2], factors[:, 2:3]
     g = p_scale * xp.exp(z - r)
