@@ -356,3 +356,16 @@ def test_first_engine_import_from_many_dask_threads():
     for _ in range(3):
         run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
         assert run.returncode == 0, run.stderr[-2000:]
+
+
+def test_gradient_without_in_place_assignment(monkeypatch):
+    """Chunk types without integer-array assignment subtract the label term with a mask instead."""
+    import xsoftmax._engines._dask_classes as classes
+
+    opts = dict(weighted=True, ignore_index=IGNORE, label_smoothing=0.1, z_loss=1e-2, softcap=2.0)
+    expected = _run("uneven", False, "mean", opts)
+    monkeypatch.setattr(classes, "_MUTABLE", ())
+    got_loss, got_d, ref_loss, ref_d = _run("uneven", False, "mean", opts)
+    np.testing.assert_array_equal(got_d, expected[1])
+    np.testing.assert_allclose(got_d, ref_d, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(got_loss, ref_loss, rtol=1e-12)

@@ -48,7 +48,7 @@ import functools
 import operator
 from typing import Any, NamedTuple
 
-from .._backend import array_namespace, backend_name
+from .._backend import array_namespace, backend_name, device
 from .._reduction import (
     LossInputs,
     probability_c,
@@ -62,6 +62,9 @@ from .._typing import Array, ArrayNamespace, DType
 from .reference import one_hot
 
 __all__ = ["softmax_loss_class_chunked"]
+
+#: Chunk types whose arrays take integer-array assignment (the gradient's label term in place).
+_MUTABLE = ("numpy", "cupy")
 
 
 class _Layout(NamedTuple):
@@ -91,6 +94,13 @@ def _shift(xp: ArrayNamespace, m: Array) -> Array:
     return xp.where(xp.isfinite(m), m, xp.zeros_like(m))
 
 
+def _label_columns(xp: ArrayNamespace, y: Array, offset: Any, width: int) -> tuple[Array, Array]:
+    """``(inside, k)``: whether row ``i``'s label is a class of this block, and its column here (0 if not)."""
+    local = xp.asarray(y) - int(offset[0])
+    inside = (local >= 0) & (local < width)
+    return inside, xp.where(inside, local, xp.zeros_like(local))
+
+
 def _block_state(
     s: Array,
     yq: Array,
@@ -117,8 +127,10 @@ def _block_state(
         # 0 · (−inf) = NaN where q = 0 at a −inf logit, as in torch (plan, pitfall 5).
         cols += [xp.sum(wq, axis=1), xp.sum(wq * zr, axis=1)]
     else:
-        hot = one_hot(xp, xp.asarray(yq) - int(offset[0]), width)
-        cols.append(xp.sum(xp.where(hot, z, xp.zeros_like(z)), axis=1))
+        # One logit per row (O(n), not an (n, width) mask): 0 where the label is another block's.
+        inside, k = _label_columns(xp, yq, offset, width)
+        target = xp.take_along_axis(z, k[:, None], axis=1)[:, 0]
+        cols.append(xp.where(inside, target, xp.zeros_like(target)))
     if layout.smoothing:
         u = xp.sum(zr if w is None else zr * w, axis=1)
         wsum = float(width) if w is None else xp.sum(w)
@@ -234,6 +246,11 @@ def _grad_block(
         q = xp.asarray(yq)
         q = q if q.dtype == cdt else xp.astype(q, cdt)
         g = g - a * (q if w is None else q * w)
+    elif backend_name(xp) in _MUTABLE:
+        # g is this task's own array: subtract a_i at the one label column of each row in place.
+        inside, k = _label_columns(xp, yq, offset, z.shape[1])
+        rows = xp.arange(z.shape[0], device=device(k))
+        g[rows, k] = g[rows, k] - xp.where(inside, a[:, 0], xp.zeros_like(a[:, 0]))
     else:
         hot = one_hot(xp, xp.asarray(yq) - int(offset[0]), z.shape[1])
         g = g - xp.where(hot, a, xp.zeros_like(a))
