@@ -135,14 +135,15 @@ def test_uneven_chunks_and_misaligned_labels():
     np.testing.assert_allclose(got_d, ref_d, rtol=1e-12, atol=1e-15)
 
 
-def test_class_axis_chunks_are_merged_with_a_warning():
-    from dask.array.core import PerformanceWarning
-
+def test_class_axis_chunks_are_kept_without_a_warning():
+    # Class-chunked scores merge row states across the class chunks
+    # (_dask_classes): no rechunk, the gradient keeps the scores' chunks.
     s, y = _data(4)
     ds, dy = _to_dask(s, y, cols=4)
-    with pytest.warns(PerformanceWarning, match=r"chunked along the class axis.*chunks=\(rows, -1\)"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
         loss, d = xs.softmax_loss(ds, dy)
-    assert d.numblocks[1] == 1
+    assert d.chunks == ds.chunks
     ref_loss, ref_d = xs.softmax_loss(s, y, engine="reference")
     got_loss, got_d = dask.compute(loss, d)
     np.testing.assert_allclose(got_loss, ref_loss, rtol=1e-12)
@@ -352,18 +353,13 @@ def test_cupy_backed_chunks_run_the_cupy_engine(monkeypatch, reduction):
 @pytest.mark.parametrize("cols", [-1, 4])
 def test_unknown_row_chunk_sizes_after_masking(cols):
     # Boolean masking leaves NaN row chunk sizes: N is unknown, so the "mean"
-    # denominator must come from counting the labels, and a class-axis
-    # rechunk must keep the (unknown) row chunks.
-    from dask.array.core import PerformanceWarning
-
+    # denominator must come from counting the labels, also with class chunks.
     s, y = _data(4)
     keep = s[:, 0] > 0
     ds, dy = _to_dask(s, y, cols=cols)
     mask = ds[:, 0] > 0
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", PerformanceWarning)
-        with no_compute():
-            loss, d = xs.softmax_loss(ds[mask], dy[mask])
+    with no_compute():
+        loss, d = xs.softmax_loss(ds[mask], dy[mask])
     ref_loss, ref_d = xs.softmax_loss(s[keep], y[keep], engine="reference")
     got_loss, got_d = dask.compute(loss, d)
     np.testing.assert_allclose(got_loss, ref_loss, rtol=1e-12)

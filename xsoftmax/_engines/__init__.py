@@ -58,7 +58,11 @@ def has_fused(backend: str) -> bool:
 
 def _load(key: str) -> SoftmaxLossEngine:
     name = ENGINES[key]
-    module = sys.modules.get(name) or importlib.import_module(name)  # the first lookup is the import
+    module = sys.modules.get(name)
+    if module is None or not hasattr(module, "softmax_loss"):
+        # First lookup, or another thread is still importing it (Dask tasks on a
+        # fresh process): import_module waits for that import to finish.
+        module = importlib.import_module(name)
     fn: SoftmaxLossEngine = module.softmax_loss
     return fn
 

@@ -19,6 +19,12 @@ the "mean" gradient of the block's rows and the block's share
 ``(N_b, C)`` block; the loss is the tree sum of the shares (NaN when
 ``D = 0``, as every share is).
 
+With z-loss the "mean" also needs ``V = Σ_i v_i`` (rows not ignored), made
+the same way and passed as ``LossInputs.zdenom``; probability targets (``y``
+chunked like the scores) have ``D = V = N``. Scores chunked along the class
+axis too are handled by :mod:`xsoftmax._engines._dask_classes` (row states
+merged across the class chunks), with the same ``D`` and ``V``.
+
 Graph (``K`` blocks): label check ``K``; ``D_b`` ``K`` and their tree sum
 ``K + O(log K)`` (only when ``D`` depends on the labels); the kernel ``K``
 (one task reads each scores block once, in place, and yields ``(dscores_b,
@@ -40,67 +46,103 @@ machine with two 1-thread workers it halved the median time of a
 from __future__ import annotations
 
 import functools
-import math
 import operator
 import os
-import warnings
 from typing import Any
 
 from .._backend import array_namespace, backend_name
 from .._dtypes import compute_dtype
-from .._reduction import LossInputs, mean_denominator
+from .._reduction import LossInputs, is_probability, mean_denominator
 from .._typing import Array, DType
 
 __all__ = ["softmax_loss"]
 
 
 def softmax_loss(inp: LossInputs, /, *, out: Array | None = None) -> tuple[Array, Array]:
-    r"""``softmax_loss`` for row-chunked Dask arrays; lazy until computed.
+    r"""``softmax_loss`` for Dask arrays; lazy until computed.
 
     Same values and gradients as the reference engine (see
-    :mod:`xsoftmax._reduction`). ``dscores`` is chunked like the scores'
-    rows with all ``C`` classes in one chunk; ``loss`` is 0-d ("mean",
-    "sum") or ``(N,)`` chunked like the rows ("none"). A scores array split
-    along the class axis is rechunked, with a ``PerformanceWarning``: the
-    result is right, but the rechunk moves data between workers, so create
-    scores with ``chunks=(rows, -1)`` instead. Out-of-range labels raise
+    :mod:`xsoftmax._reduction`), with every option (probability targets
+    chunked like the scores, z-loss, softcap). ``dscores`` is chunked like
+    the scores; ``loss`` is 0-d ("mean", "sum") or ``(N,)`` chunked like the
+    rows ("none"). Scores with all ``C`` classes of a row in one chunk run
+    each block's own engine once; scores chunked along the class axis too
+    merge per-block row states across the class chunks
+    (:mod:`xsoftmax._engines._dask_classes`). Out-of-range labels raise
     ``ValueError`` naming the global row when the result is computed.
     """
-    if inp.z_loss or inp.softcap is not None or inp.y.ndim == 2:  # issue 15 options: reference for now
-        from .reference import softmax_loss as reference  # (guard to be replaced by this engine's owner)
-
-        return reference(inp, out=out)
-    import dask.array as da
-
     if out is not None:
         raise TypeError("out= needs a mutable array; dask arrays are not writable in place")
-    s = _rows_chunked(inp.scores)
-    c = s.shape[1]
-    y = inp.y.rechunk((s.chunks[0],))  # a no-op when the labels already match
+    s = inp.scores
+    probabilities = is_probability(inp)
+    # Labels follow the scores' row chunks, probabilities the scores' chunks (no-ops when they match).
+    y = inp.y.rechunk(s.chunks if probabilities else (s.chunks[0],))
     w = None if inp.weight is None else inp.weight.rechunk(-1)
     cdt = compute_dtype(inp.xp, s.dtype)
+    denoms = _global_denominators(inp, y, w, cdt)
+    if s.numblocks[1] > 1:
+        from ._dask_classes import softmax_loss_class_chunked
+
+        return softmax_loss_class_chunked(inp, s, y, w, denoms, cdt)
+    return _row_chunked(inp, s, y, w, denoms, cdt)
+
+
+def _global_denominators(inp: LossInputs, y: Array, w: Array | None, cdt: DType) -> list[Array]:
+    """The whole batch's 0-d ``D`` (and ``V`` with z-loss) for "mean"; ``[]`` otherwise.
+
+    ``D = N`` and ``V = N`` need no labels when every row counts (so the
+    kernels need not wait for a pass over them); otherwise one task per label
+    block, then a tree sum. Probabilities: ``D = V = N`` (counted from a
+    column of ``y`` when the row chunk sizes are unknown).
+    """
+    if inp.reduction != "mean":
+        return []
+    if is_probability(inp):
+        rows = y[:, 0]
+        n = mean_denominator(
+            inp.xp, rows, weight=None, ignore_index=None, dtype=cdt,
+            blockwise=functools.partial(_blockwise_sum, rows, None, cdt),
+        )  # fmt: skip
+        return [n, n] if inp.z_loss else [n]
+    ii = inp.ignore_index
+    denom = mean_denominator(
+        inp.xp, y, weight=w, ignore_index=ii, dtype=cdt,
+        blockwise=functools.partial(_blockwise_sum, y, w, cdt),
+    )  # fmt: skip
+    if not inp.z_loss:
+        return [denom]
+    zdenom = (
+        denom
+        if w is None
+        else mean_denominator(
+            inp.xp, y, weight=None, ignore_index=ii, dtype=cdt,
+            blockwise=functools.partial(_blockwise_sum, y, None, cdt),
+        )
+    )  # fmt: skip
+    return [denom, zdenom]
+
+
+def _row_chunked(
+    inp: LossInputs, s: Array, y: Array, w: Array | None, denoms: list[Array], cdt: DType
+) -> tuple[Array, Array]:
+    """Scores with all classes of a row in one chunk: one call of the chunk's engine per row block."""
+    import dask.array as da
+
+    c = s.shape[1]
+    probabilities = is_probability(inp)
     options = dict(
         num_classes=c,
         ignore_index=inp.ignore_index,
         label_smoothing=inp.label_smoothing,
         reduction=inp.reduction,
         compute_dtype=cdt,
+        z_loss=inp.z_loss,
+        softcap=inp.softcap,
     )
-
-    args: list[Any] = [s, "ij", y, "i"]
+    args: list[Any] = [s, "ij", y, "ij" if probabilities else "i"]
     if w is not None:
         args += [w, "j"]
-    if inp.reduction == "mean":
-        # D = N needs no labels, so the kernels need not wait for a pass over
-        # them; otherwise one task per label block, then a tree sum.
-        denom = mean_denominator(
-            inp.xp,
-            y,
-            weight=w,
-            ignore_index=inp.ignore_index,
-            dtype=cdt,
-            blockwise=functools.partial(_blockwise_sum, y, w, cdt),
-        )
+    for denom in denoms:
         args += [denom, ()]
     meta2 = s._meta
     meta1 = _meta_1d(s)
@@ -144,27 +186,6 @@ def softmax_loss(inp: LossInputs, /, *, out: Array | None = None) -> tuple[Array
     return total.astype(s.dtype), dscores
 
 
-def _rows_chunked(s: Array) -> Array:
-    """``s`` with all classes of a row in one chunk."""
-    from dask.array.core import PerformanceWarning
-
-    if s.numblocks[1] == 1:
-        return s
-    warnings.warn(
-        f"scores is chunked along the class axis (column chunks {s.chunks[1]}); the Dask "
-        f"engine needs all C = {s.shape[1]} classes of a row in one chunk and rechunks "
-        f"scores to chunks=('auto', -1), which moves data between workers. Create scores "
-        f"with chunks=(rows, -1) to avoid this.",
-        PerformanceWarning,
-        stacklevel=4,
-    )
-    # Merging the column chunks multiplies the bytes per chunk; "auto" rows
-    # bring them back near dask's array.chunk-size (impossible when the row
-    # chunk sizes are unknown, which then stay as they are).
-    known = not any(math.isnan(size) for size in s.chunks[0])
-    return s.rechunk({0: "auto", 1: -1} if known else {1: -1})
-
-
 def _meta_1d(s: Array) -> Array:
     from dask.array.utils import meta_from_array
 
@@ -198,11 +219,14 @@ def _block_kernel(
     label_smoothing: float,
     reduction: str,
     compute_dtype: DType,
+    z_loss: float,
+    softcap: float | None,
 ) -> tuple[Array, Array]:
     """``(dscores_b, rows_b)`` of one row block, from one call of its chunk engine.
 
-    ``s`` is ``[scores_b]`` and ``extra`` holds ``[weight]`` (if any), then
-    the 0-d ``D`` (for "mean"): one-block lists along the class axis.
+    ``s`` is ``[scores_b]``, ``y`` the labels or ``[probabilities_b]``, and
+    ``extra`` holds ``[weight]`` (if any), then the 0-d ``D`` and, with
+    z-loss, ``V`` (for "mean"): one-block lists along the class axis.
     ``rows_b`` are the per-row losses ("none"), or their sum as a ``(1,)``
     array, already divided by ``D`` for "mean" (module docstring).
     """
@@ -210,18 +234,19 @@ def _block_kernel(
     xp = array_namespace(s)
     # Labels or weights backed by another chunk type (NumPy next to CuPy
     # scores) follow the scores onto their device.
-    y = xp.asarray(y)
+    y = xp.asarray(y[0] if isinstance(y, list) else y)
     w = xp.asarray(extra[0][0]) if has_weight else None
-    denom = None
-    if reduction == "mean":
-        denom = xp.astype(xp.asarray(extra[-1]), compute_dtype)
+    denoms = [xp.astype(xp.asarray(d), compute_dtype) for d in extra[1 if has_weight else 0 :]]
+    denom = denoms[0] if denoms else None
+    zdenom = denoms[1] if len(denoms) > 1 else None
     # "mean" and "sum" add the block's row losses inside the chunk engine, in
     # the compute dtype, and round only the block's total to the input dtype:
     # float16 row shares row_i / D would each round (to subnormals, or to 0
     # for large N) before being added.
     inp = LossInputs(
-        xp, s, y, w, ignore_index, label_smoothing, reduction, False, denom, backend_name(xp)
-    )
+        xp, s, y, w, ignore_index, label_smoothing, reduction, False, denom, backend_name(xp),
+        z_loss, softcap, zdenom,
+    )  # fmt: skip
     rows, d = _chunk_engine(inp.backend)(inp)
     if reduction != "none":
         rows = xp.reshape(xp.asarray(rows), (1,))
