@@ -54,7 +54,7 @@ from .._reduction import (
     row_loss,
 )
 from .._validate import check_positive_int
-from ._numpy_rows import STORE_CHUNK, column_fold, row_sum, store, ufunc_bufsize
+from ._numpy_rows import STORE_CHUNK, column_fold, row_sum, same_view, store, ufunc_bufsize
 
 __all__ = ["NUM_THREADS_ENV", "default_num_threads", "softmax_loss"]
 
@@ -145,8 +145,11 @@ def softmax_loss(
     themselves), else into one new array. ``num_threads`` defaults to
     :func:`default_num_threads`; ``block_rows`` (rows per block) to about
     :data:`BLOCK_BYTES` of scores within the scratch budget (:func:`_plan`).
-    Neither changes a bit of the results.
+    Neither changes a bit of the results. Probability targets, z-loss and
+    softcap go to :mod:`._numpy_extras`.
     """
+    if inp.z_loss or inp.softcap is not None or inp.y.ndim == 2:  # extras.uses_extras(inp)
+        return extras.softmax_loss_extras(inp, out, num_threads, block_rows)
     scores = np.asarray(inp.scores)
     n, c = scores.shape
     cdt = _COMPUTE_DTYPES.get(scores.dtype) or np.dtype(compute_dtype(np, scores.dtype))
@@ -155,7 +158,7 @@ def softmax_loss(
     final = None  # a caller's `out` that cannot be written block by block
     if out is None:
         out = np.empty((n, c), dtype=scores.dtype)
-    elif np.may_share_memory(out, scores) and not _same_view(out, scores):
+    elif np.may_share_memory(out, scores) and not same_view(out, scores):
         # Rows of `out` overlap other rows of the scores: one block could
         # overwrite scores that another has yet to read.
         final, out = out, np.empty((n, c), dtype=scores.dtype)
@@ -224,7 +227,7 @@ def _plan(
     Up to :data:`SMALL_WORK` elements (no knob or variable set): this thread, one block.
     """
     n, c = out.shape
-    in_place = _same_view(out, scores)
+    in_place = same_view(out, scores)
     # Compute in `out` itself, unless it is the scores (whose rows a task
     # reads again after its blocks, for shifts and far-off targets) or not a
     # C-contiguous compute-dtype array.
@@ -262,16 +265,6 @@ def _plan(
         rows = min(-(-n // (4 * threads)), MAX_BLOCK_ROWS, room)
         task_rows = max(1, rows // block_rows) * block_rows
     return _Plan(threads, block_rows, task_rows, direct, in_place)
-
-
-def _same_view(a: np.ndarray, b: np.ndarray) -> bool:
-    """Same memory, element for element (``out=scores``)."""
-    if a is b:
-        return True
-    if not np.may_share_memory(a, b):  # a bounds check: no dict built for a new output
-        return False
-    data = a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
-    return data and a.strides == b.strides and a.shape == b.shape
 
 
 class _ChunkSums:
@@ -596,3 +589,6 @@ def _run_tasks(prob: _Problem) -> None:
         for f in futures:
             if not f.cancelled():
                 f.result()
+
+
+from . import _numpy_extras as extras  # noqa: E402 (it imports this module)
