@@ -6,7 +6,9 @@ their bits and speed are those of the tuned path. In the notation of
 :mod:`xsoftmax._reduction`, a block of rows (:func:`_block`), read once from
 the scores into a scratch block ``z`` of the compute dtype, makes
 
-1. softcap ``c``: ``τ_ik = tanh(s_ik/c)`` (kept), ``z_ik = c τ_ik``; else ``z = s``
+1. softcap ``c``: ``τ_ik = tanh(s_ik/c)`` (kept), ``z_ik = c τ_ik``; else ``z = s``;
+   held as ``z log2(e)`` (the main path's units: ``2^x`` is NumPy's fastest exponential,
+   and the scaling rides on a pass made anyway; row sums get ``ln 2`` back)
 2. ``m_i = max_k z_ik`` (0 if not finite); ``z_ik ← z_ik − m_i``
 3. labels: ``t_i = z_{i,y_i}``; probabilities: ``Q_i = Σ_k w_k q_ik``,
    ``uq_i = Σ_k w_k q_ik z_ik`` (``q`` read once into a second block, kept as
@@ -30,6 +32,7 @@ that row alone: the same for every thread count and block size.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Iterator
 from typing import Any, NamedTuple
@@ -203,14 +206,15 @@ def _block(prob: _Problem, r0: int, r1: int, scratch: _Scratch) -> None:
     """Steps 1–5 of the module docstring for rows ``r0:r1``; their losses into the sums or rows."""
     inp, cdt = prob.inp, prob.cdt
     n, w = r1 - r0, inp.weight
-    z = scratch.z[:n]
-    np.copyto(z, prob.scores[r0:r1], casting="unsafe")  # the one read of the scores
+    z = scratch.z[:n]  # in log2 units: 2^z is NumPy's fastest exponential (as the main path)
+    log2e, ln2 = cdt.type(1 / math.log(2)), cdt.type(math.log(2))
     tau = None
-    if inp.softcap is not None:
-        cap = cdt.type(inp.softcap)
-        tau = np.divide(z, cap, out=scratch.tau[:n])
+    if inp.softcap is not None:  # the one read of the scores, cast to the compute dtype
+        tau = np.divide(prob.scores[r0:r1], cdt.type(inp.softcap), out=scratch.tau[:n], dtype=cdt)
         np.tanh(tau, out=tau)
-        np.multiply(tau, cap, out=z)
+        np.multiply(tau, cdt.type(inp.softcap) * log2e, out=z)
+    else:
+        np.multiply(prob.scores[r0:r1], log2e, out=z, dtype=cdt)
     m = np.max(z, axis=1) if z.shape[1] else np.zeros(n, cdt)
     m[~np.isfinite(m)] = 0  # an all −inf (or NaN) row: no shift, its p stays NaN
     z -= m[:, None]
@@ -229,15 +233,17 @@ def _block(prob: _Problem, r0: int, r1: int, scratch: _Scratch) -> None:
         labels = y if coef.valid is None else np.where(coef.valid, y, 0)  # ignored rows: any class
         labels = np.arange(0, z.size, max(z.shape[1], 1), dtype=np.intp) + labels
         t = flat[labels]
+    t *= ln2
     if inp.label_smoothing:
         u = row_sum(z, np.empty(n, cdt), w)
-    np.exp(z, out=z)
+        u *= ln2
+    np.exp2(z, out=z)
     se = row_sum(z, np.empty(n, cdt))
     l = np.log(se)  # noqa: E741 (the l of the docstring)
     cc = coef.c if q_sum is None else probability_c(coef, q_sum)
     lse = None
     if coef.zc is not None:
-        lse = m + l
+        lse = m * ln2 + l
         cc = cc + coef.zc * lse
     r = np.divide(cc, se)
     z *= r[:, None]
