@@ -52,7 +52,8 @@ def _inputs(scores, y, **kw):
 
 
 def _run(scores, y, *, out=None, num_threads=None, block_rows=None, **kw):
-    return engine.softmax_loss(_inputs(scores, y, **kw), out=out, num_threads=num_threads, block_rows=block_rows)
+    inp = _inputs(scores, y, **kw)
+    return engine.softmax_loss(inp, out=out, num_threads=num_threads, block_rows=block_rows)
 
 
 def _oracle(scores, y, **kw):
@@ -61,7 +62,8 @@ def _oracle(scores, y, **kw):
     return oracle_softmax_loss(
         scores.astype(np.float64), y64, reduction=kw.get("reduction", "mean"),
         weight=None if w is None else w.astype(np.float64), ignore_index=kw.get("ignore_index"),
-        label_smoothing=kw.get("label_smoothing", 0.0), z_loss=kw.get("z_loss", 0.0), softcap=kw.get("softcap"),
+        label_smoothing=kw.get("label_smoothing", 0.0), z_loss=kw.get("z_loss", 0.0),
+        softcap=kw.get("softcap"),
     )  # fmt: skip
 
 
@@ -230,7 +232,8 @@ def test_all_rows_ignored():
 
 def test_same_bits_any_threads_and_blocks():
     for probabilities in (False, True):
-        opts = {"label_smoothing": 0.1, "weight": True} if probabilities else {"weight": True, "ignore_index": 3}
+        extra = {"label_smoothing": 0.1} if probabilities else {"ignore_index": 3}
+        opts = {"weight": True, **extra}
         scores, y, kw = _problem(9000, 40, probabilities=probabilities, opts=opts, seed=11)
         kw.update(z_loss=1e-3, softcap=6.0)
         for reduction in ("mean", "none"):
@@ -276,3 +279,32 @@ def test_peak_memory(probabilities, dtype, threads):
     _run(scores[:10], y[:10], num_threads=threads, **kw)
     peak = peak_bytes(lambda: _run(scores, y, num_threads=threads, **kw))
     assert peak <= 1.1 * scores.nbytes, peak / scores.nbytes
+
+
+@pytest.mark.parametrize("probabilities", [False, True])
+@pytest.mark.parametrize("shape", [(6, 5), (3, 7, 4, 5), (2, 4, 9)])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_public_api_fused(monkeypatch, probabilities, shape, reduction):
+    """``xs.softmax_loss(..., engine="fused")`` (K-dim: per-sample strided views) runs this path."""
+    import xsoftmax as xs
+
+    calls = []
+    real = extras.softmax_loss_extras
+    monkeypatch.setattr(extras, "softmax_loss_extras", lambda *a, **k: calls.append(1) or real(*a, **k))
+    rng = np.random.default_rng(13)
+    c = shape[1]
+    s = (rng.standard_normal(shape) * 3).astype(np.float32)
+    y = rng.random(shape).astype(np.float32) if probabilities else rng.integers(0, c, (shape[0], *shape[2:]))
+    kw = {"reduction": reduction, "z_loss": 0.01, "softcap": 2.0, "label_smoothing": 0.1,
+          "weight": rng.uniform(0.5, 2.0, c).astype(np.float32)}  # fmt: skip
+    if not probabilities:
+        kw["ignore_index"] = 1
+    ref_loss, ref_d = _oracle(s, y, **kw)
+    loss, d = xs.softmax_loss(s, y, engine="fused", **kw)
+    assert calls
+    _close(loss, ref_loss, np.float32)
+    _close(d, ref_d, np.float32)
+    s2 = s.copy()
+    loss, d = xs.softmax_loss(s2, y, engine="fused", out=s2, **kw)
+    _close(loss, ref_loss, np.float32)
+    _close(s2, ref_d, np.float32)
