@@ -277,7 +277,7 @@ def _block(prob: _Problem, r0: int, r1: int, scratch: _Scratch) -> None:
         return
     assert prob.ce_sums is not None
     prob.ce_sums.add(r0, ce)
-    if prob.z_sums is not None:
+    if prob.z_sums is not None and zr is not None:
         prob.z_sums.add(r0, zr)
 
 
