@@ -24,7 +24,7 @@ and stores ``d`` into the gradient once. The row losses are
 summed ("mean", "sum") in the fixed chunks of the main path, each term on
 its own (``Σ CE/D + Σ Z/V``). Scratch per thread: one to three blocks
 (``z``; ``τ`` with softcap; ``w ⊙ q`` or ``b ⊗ w``) and row vectors, within
-:data:`~xsoftmax._engines.numpy.SCRATCH_SHARE` of the gradient; the scores,
+:data:`~xsoftmax._engines._numpy_pool.SCRATCH_SHARE` of the gradient; the scores,
 ``q`` and ``out`` may be any strided views (e.g. class stride ``d`` of a
 K-dimensional batch), ``out`` may be the scores. Every row's bits depend on
 that row alone: the same for every thread count and block size.
@@ -53,18 +53,18 @@ from .._reduction import (
     z_rows,
 )
 from .._validate import check_positive_int
-from ._numpy_rows import STORE_CHUNK, row_sum, same_view, store
-from .numpy import (
+from ._numpy_pool import (
     BLOCK_BYTES,
     CHUNK_ROWS,
     MAX_BLOCK_ROWS,
     MIN_SCRATCH_BYTES,
     SCRATCH_SHARE,
     THREAD_BYTES,
-    _ChunkSums,
-    _executor,
+    ChunkSums,
     default_num_threads,
+    executor,
 )
+from ._numpy_rows import STORE_CHUNK, row_sum, same_view, store
 
 __all__ = ["softmax_loss_extras", "uses_extras"]
 
@@ -85,8 +85,8 @@ class _Problem(NamedTuple):
     block_rows: int
     shared: RowCoefficients | None  # 0-d coefficients when every row has the same
     row_losses: np.ndarray | None  # "none"
-    ce_sums: _ChunkSums | None  # "mean"/"sum": Σ CE_i and Σ Z_i
-    z_sums: _ChunkSums | None
+    ce_sums: ChunkSums | None  # "mean"/"sum": Σ CE_i and Σ Z_i
+    z_sums: ChunkSums | None
 
 
 def softmax_loss_extras(
@@ -133,8 +133,8 @@ def softmax_loss_extras(
     prob = _Problem(
         inp, scores, out, cdt, rows, shared,
         None if sums else np.empty(n, dtype=scores.dtype),
-        _ChunkSums(n, cdt) if sums else None,
-        _ChunkSums(n, cdt) if sums and inp.z_loss else None,
+        ChunkSums(n, cdt) if sums else None,
+        ChunkSums(n, cdt) if sums and inp.z_loss else None,
     )  # fmt: skip
     _run(prob, plan_threads)
     if prob.row_losses is not None:
@@ -303,7 +303,7 @@ def _run(prob: _Problem, threads: int) -> None:
     if threads <= 1:
         work()
         return
-    pool = _executor(threads - 1)
+    pool = executor(threads - 1)
     futures = [pool.submit(work) for _ in range(threads - 1)]
     try:
         work()
