@@ -183,7 +183,8 @@ def test_adversarial_rows():
         np.float32,
     )  # fmt: skip
     y = np.array([1, 2, 0, 3])
-    for kw in ({"softcap": 7.0, "z_loss": 0.1}, {"softcap": 1.0, "label_smoothing": 0.3}):
+    # softcap 80: rows shifted by their maximum (c log2 e + log2 C > 100); the others: unshifted
+    for kw in ({"softcap": 7.0, "z_loss": 0.1}, {"softcap": 1.0, "label_smoothing": 0.3}, {"softcap": 80.0}):
         loss, d = _run(s, y, **kw)
         assert np.isfinite(loss) and np.isfinite(d).all()
         _check(s, y, **kw)

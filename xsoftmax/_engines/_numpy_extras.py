@@ -9,7 +9,8 @@ the scores into a scratch block ``z`` of the compute dtype, makes
 1. softcap ``c``: ``τ_ik = tanh(s_ik/c)`` (kept), ``z_ik = c τ_ik``; else ``z = s``;
    held as ``z log2(e)`` (the main path's units: ``2^x`` is NumPy's fastest exponential,
    and the scaling rides on a pass made anyway; row sums get ``ln 2`` back)
-2. ``m_i = max_k z_ik`` (0 if not finite); ``z_ik ← z_ik − m_i``
+2. ``m_i = max_k z_ik`` (0 if not finite); ``z_ik ← z_ik − m_i`` (``m = 0``, no pass,
+   where a softcap keeps every sum in range: ``c log2 e + log2 C ≤ 100``)
 3. labels: ``t_i = z_{i,y_i}``; probabilities: ``Q_i = Σ_k w_k q_ik``,
    ``uq_i = Σ_k w_k q_ik z_ik`` (``q`` read once into a second block, kept as
    ``w ⊙ q``); smoothing: ``u_i = Σ_k w_k z_ik``
@@ -83,6 +84,7 @@ class _Problem(NamedTuple):
     out: np.ndarray
     cdt: np.dtype
     block_rows: int
+    shift: bool  # shift rows by their maximum (not needed when softcap bounds every exponential)
     shared: RowCoefficients | None  # 0-d coefficients when every row has the same
     row_losses: np.ndarray | None  # "none"
     ce_sums: ChunkSums | None  # "mean"/"sum": Σ CE_i and Σ Z_i
@@ -130,8 +132,10 @@ def softmax_loss_extras(
     shared = row_coefficients(inp, cdt) if uniform and n else None
     sums = inp.reduction != "none"
     plan_threads, rows = _plan(inp, out, cdt, num_threads, block_rows)
+    # |z| ≤ c: Σ_k 2^{z_ik log2 e} lies in [2^-126, 2^100] unshifted, in every compute dtype.
+    shift = inp.softcap is None or inp.softcap / math.log(2) + math.log2(max(c, 1)) > 100
     prob = _Problem(
-        inp, scores, out, cdt, rows, shared,
+        inp, scores, out, cdt, rows, shift, shared,
         None if sums else np.empty(n, dtype=scores.dtype),
         ChunkSums(n, cdt) if sums else None,
         ChunkSums(n, cdt) if sums and inp.z_loss else None,
@@ -215,9 +219,12 @@ def _block(prob: _Problem, r0: int, r1: int, scratch: _Scratch) -> None:
         np.multiply(tau, cdt.type(inp.softcap) * log2e, out=z)
     else:
         np.multiply(prob.scores[r0:r1], log2e, out=z, dtype=cdt)
-    m = np.max(z, axis=1) if z.shape[1] else np.zeros(n, cdt)
-    m[~np.isfinite(m)] = 0  # an all −inf (or NaN) row: no shift, its p stays NaN
-    z -= m[:, None]
+    if prob.shift and z.shape[1]:
+        m = np.max(z, axis=1)
+        m[~np.isfinite(m)] = 0  # an all −inf (or NaN) row: no shift, its p stays NaN
+        z -= m[:, None]
+    else:
+        m = np.zeros(n, cdt)
     y = inp.y[r0:r1]
     coef = prob.shared if prob.shared is not None else row_coefficients(inp._replace(y=y), cdt)
     q_sum = t = u = wq = labels = None
