@@ -69,8 +69,9 @@ from ._numpy_rows import STORE_CHUNK, row_sum, same_view, store
 
 __all__ = ["softmax_loss_extras", "uses_extras"]
 
-#: Row-vector bytes per row of a block (m, σ/l, t or uq, u, Q, c, losses, labels), compute dtype.
-ROW_VECTOR_BYTES = 96
+#: Row-vector values per row of a block (m, σ, l, t or uq, u, Q, c, lse, losses, the labels and
+#: their flat index, per-row coefficients v, v·w_y, α, β, a, b, c, ζv, zc, and their temporaries).
+ROW_VECTOR_VALUES = 40
 
 
 def uses_extras(inp: LossInputs) -> bool:
@@ -170,7 +171,7 @@ def _plan(
     threads = default_num_threads() if num_threads is None else num_threads
     budget = max(SCRATCH_SHARE * out.nbytes, MIN_SCRATCH_BYTES)
     per_thread = THREAD_BYTES + STORE_CHUNK * 9  # ufunc buffers, the float16 store's temporaries
-    per_row = ROW_VECTOR_BYTES + _blocks(inp) * c * cdt.itemsize
+    per_row = (ROW_VECTOR_VALUES + _blocks(inp) * c) * cdt.itemsize
     if block_rows is None:
         threads = max(1, min(threads, -(-n // 64)))  # tiny batches: one thread
         rows = int((budget - threads * per_thread) // (threads * per_row))
