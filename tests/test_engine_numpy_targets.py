@@ -309,3 +309,29 @@ def test_public_api_fused(monkeypatch, probabilities, shape, reduction):
     loss, d = xs.softmax_loss(s2, y, engine="fused", out=s2, **kw)
     _close(loss, ref_loss, np.float32)
     _close(s2, ref_d, np.float32)
+
+
+def test_first_use_from_many_threads():
+    """Threads that ask for the engine while another is still importing it wait for it (Dask blocks do)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import threading, numpy as np\n"
+        "from xsoftmax._engines import select_engine\n"
+        "from xsoftmax._reduction import LossInputs\n"
+        "s, y = np.zeros((2, 3)), np.array([0, 1])\n"
+        "inp = LossInputs(np, s, y, None, None, 0.0, 'sum', False, None, 'numpy')\n"
+        "barrier, errors = threading.Barrier(8), []\n"
+        "def go():\n"
+        "    barrier.wait()\n"
+        "    try:\n"
+        "        select_engine('numpy', 'fused')(inp)\n"
+        "    except Exception as e:\n"
+        "        errors.append(repr(e))\n"
+        "threads = [threading.Thread(target=go) for _ in range(8)]\n"
+        "[t.start() for t in threads]; [t.join() for t in threads]\n"
+        "assert not errors, errors\n"
+    )
+    for _ in range(3):
+        subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, timeout=120)
