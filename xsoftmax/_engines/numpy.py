@@ -135,7 +135,7 @@ def softmax_loss(
     Neither changes a bit of the results. Probability targets, z-loss and
     softcap go to :mod:`._numpy_extras`.
     """
-    if inp.z_loss or inp.softcap is not None or inp.y.ndim == 2:  # extras.uses_extras(inp)
+    if extras.uses_extras(inp):  # probability targets, z-loss, softcap
         return extras.softmax_loss_extras(inp, out, num_threads, block_rows)
     scores = np.asarray(inp.scores)
     n, c = scores.shape
