@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import importlib
 import sys
-from typing import Protocol
+from typing import Any, Protocol
 
 from .._reduction import LossInputs
 from .._typing import Array
@@ -56,14 +56,18 @@ def has_fused(backend: str) -> bool:
     return backend != REFERENCE and backend in ENGINES
 
 
+def _module(name: str) -> Any:
+    """The engine module ``name``, imported on first use (also when threads ask at once)."""
+    module = sys.modules.get(name)
+    # A module another thread is still importing is in sys.modules half made: import_module waits for it.
+    if module is None or getattr(module.__spec__, "_initializing", False):
+        module = importlib.import_module(name)
+    return module
+
+
 def _load(key: str) -> SoftmaxLossEngine:
     name = ENGINES[key]
-    module = sys.modules.get(name)
-    if module is None or not hasattr(module, "softmax_loss"):
-        # First lookup, or another thread is still importing it (Dask tasks on a
-        # fresh process): import_module waits for that import to finish.
-        module = importlib.import_module(name)
-    fn: SoftmaxLossEngine = module.softmax_loss
+    fn: SoftmaxLossEngine = _module(name).softmax_loss
     return fn
 
 
@@ -77,8 +81,7 @@ def select_engine(backend: str, engine: str) -> SoftmaxLossEngine:
                 f"engine='fused-row' runs when the scores are CuPy arrays, got {backend} arrays; "
                 "use engine='auto', 'fused' or 'reference'"
             )
-        module = sys.modules.get(ENGINES["cupy"]) or importlib.import_module(ENGINES["cupy"])
-        row: SoftmaxLossEngine = module.softmax_loss_row
+        row: SoftmaxLossEngine = _module(ENGINES["cupy"]).softmax_loss_row
         return row
     if has_fused(backend):
         return _load(backend)

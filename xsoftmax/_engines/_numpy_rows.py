@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-__all__ = ["STORE_CHUNK", "column_fold", "row_sum", "store", "to_float16", "ufunc_bufsize"]
+__all__ = ["STORE_CHUNK", "column_fold", "row_sum", "same_view", "store", "to_float16", "ufunc_bufsize"]
 
 #: float32 values per chunk of the float16 store (:func:`store`): 9 bytes of temporaries each.
 STORE_CHUNK = 8192
@@ -82,3 +82,13 @@ def ufunc_bufsize(c: int) -> int | None:
     of copying the broadcast ``v`` row after row into the buffer.
     """
     return c // 16 * 16 if 192 <= c < 8192 else None
+
+
+def same_view(a: np.ndarray, b: np.ndarray) -> bool:
+    """Same memory, element for element (``out=scores``)."""
+    if a is b:
+        return True
+    if not np.may_share_memory(a, b):  # a bounds check: no dict built for a new output
+        return False
+    data = a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
+    return data and a.strides == b.strides and a.shape == b.shape

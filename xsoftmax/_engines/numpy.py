@@ -39,7 +39,6 @@ import math
 import os
 import threading
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -54,29 +53,30 @@ from .._reduction import (
     row_loss,
 )
 from .._validate import check_positive_int
-from ._numpy_rows import STORE_CHUNK, column_fold, row_sum, store, ufunc_bufsize
+from . import _numpy_extras as extras
+from ._numpy_pool import (
+    BLOCK_BYTES,
+    CHUNK_ROWS,
+    MAX_BLOCK_ROWS,
+    MIN_SCRATCH_BYTES,
+    NUM_THREADS_ENV,
+    SCRATCH_SHARE,
+    THREAD_BYTES,
+    ChunkSums,
+    default_num_threads,
+    executor,
+)
+from ._numpy_rows import STORE_CHUNK, column_fold, row_sum, same_view, store, ufunc_bufsize
 
 __all__ = ["NUM_THREADS_ENV", "default_num_threads", "softmax_loss"]
 
-#: Environment variable that sets the default number of threads.
-NUM_THREADS_ENV = "XSOFTMAX_NUM_THREADS"
 
-#: Bytes of compute-dtype scores per block: a 2 MiB L2 keeps every pass after the first in cache.
-BLOCK_BYTES = 2 * 1024 * 1024
-#: Most rows per block and per task: longer buys nothing and grows the row vectors.
-MAX_BLOCK_ROWS = 32768
 #: Fewest rows of a short-row block: a few KB of row vectors, even when threads take the budget.
 MIN_BLOCK_ROWS = 256
-#: Scratch of all threads (row vectors, block buffers) as a share of the gradient: peak under 1.1x.
-SCRATCH_SHARE = 0.09
-#: The scratch budget of a tiny batch, where a share of the gradient is too little to work in.
-MIN_SCRATCH_BYTES = 128 * 1024
 #: Row-vector bytes per row being worked on (σ then l; e_y then t; the target index; c/σ; losses).
 ROW_VECTOR_BYTES = 20
 #: More bytes a row with per-row coefficients (v, v·w_y, α, β, a, b, c, safe labels).
 COEFFICIENT_BYTES = 32
-#: What a thread holds besides its rows (NumPy's ufunc buffers, its scratch objects).
-THREAD_BYTES = 48 * 1024
 #: Bytes of the buffer for ``b_i w_k`` (weighted label smoothing), filled in row chunks.
 OUTER_BYTES = 16 * 1024
 #: Classes up to which rows are short: NumPy calls go per row, row maxima by columns.
@@ -89,24 +89,11 @@ SUM_RANGE = 2.0**24
 #: Elements (N·C) up to which a call runs on the caller's thread in one block, unplanned: a second
 #: thread costs more than it saves there.
 SMALL_WORK = 32768
-#: Rows per chunk of the fixed-order sums of row losses and of ``D``.
-CHUNK_ROWS = 4096
 
 
 _COMPUTE_DTYPES = {np.dtype(t): np.dtype(compute_dtype(np, np.dtype(t))) for t in "efd"}
 _finfo = functools.cache(np.finfo)
 _LOG_CONSTANTS = {dt: (dt.type(1 / math.log(2)), dt.type(math.log(2))) for dt in _COMPUTE_DTYPES.values()}
-
-
-def default_num_threads() -> int:
-    """``XSOFTMAX_NUM_THREADS`` if set, else the number of CPUs this process may use."""
-    env = os.environ.get(NUM_THREADS_ENV, "").strip()
-    if env:
-        return check_positive_int(int(env) if env.isdigit() else env, NUM_THREADS_ENV)
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 class _Plan(NamedTuple):
@@ -126,7 +113,7 @@ class _Problem(NamedTuple):
     scores: np.ndarray  # (N, C), any layout; written only when it is `out`
     out: np.ndarray  # (N, C) gradient, in the scores' dtype
     row_losses: np.ndarray | None  # (N,) output of reduction="none"
-    sums: _ChunkSums | None  # the row losses' sum otherwise
+    sums: ChunkSums | None  # the row losses' sum otherwise
     cdt: np.dtype  # compute dtype
     plan: _Plan
     shared: RowCoefficients | None  # 0-d coefficients, when every row has the same
@@ -145,12 +132,11 @@ def softmax_loss(
     themselves), else into one new array. ``num_threads`` defaults to
     :func:`default_num_threads`; ``block_rows`` (rows per block) to about
     :data:`BLOCK_BYTES` of scores within the scratch budget (:func:`_plan`).
-    Neither changes a bit of the results.
+    Neither changes a bit of the results. Probability targets, z-loss and
+    softcap go to :mod:`._numpy_extras`.
     """
-    if inp.z_loss or inp.softcap is not None or inp.y.ndim == 2:  # issue 15 options: reference for now
-        from .reference import softmax_loss as reference  # (guard to be replaced by this engine's owner)
-
-        return reference(inp, out=out)
+    if extras.uses_extras(inp):  # probability targets, z-loss, softcap
+        return extras.softmax_loss_extras(inp, out, num_threads, block_rows)
     scores = np.asarray(inp.scores)
     n, c = scores.shape
     cdt = _COMPUTE_DTYPES.get(scores.dtype) or np.dtype(compute_dtype(np, scores.dtype))
@@ -159,7 +145,7 @@ def softmax_loss(
     final = None  # a caller's `out` that cannot be written block by block
     if out is None:
         out = np.empty((n, c), dtype=scores.dtype)
-    elif np.may_share_memory(out, scores) and not _same_view(out, scores):
+    elif np.may_share_memory(out, scores) and not same_view(out, scores):
         # Rows of `out` overlap other rows of the scores: one block could
         # overwrite scores that another has yet to read.
         final, out = out, np.empty((n, c), dtype=scores.dtype)
@@ -180,7 +166,7 @@ def softmax_loss(
     inp = inp._replace(xp=np, y=y, weight=weight, denom=denom)
     if uniform and n and shared is None:
         shared = row_coefficients(inp, cdt)
-    sums = None if inp.reduction == "none" else _ChunkSums(n, cdt)
+    sums = None if inp.reduction == "none" else ChunkSums(n, cdt, CHUNK_ROWS)
     row_losses = np.empty(n, dtype=scores.dtype) if sums is None else None
     log2e, ln2 = _LOG_CONSTANTS.get(cdt) or (cdt.type(1 / math.log(2)), cdt.type(math.log(2)))
     prob = _Problem(inp, scores, out, row_losses, sums, cdt, plan, shared, log2e, ln2)
@@ -228,7 +214,7 @@ def _plan(
     Up to :data:`SMALL_WORK` elements (no knob or variable set): this thread, one block.
     """
     n, c = out.shape
-    in_place = _same_view(out, scores)
+    in_place = same_view(out, scores)
     # Compute in `out` itself, unless it is the scores (whose rows a task
     # reads again after its blocks, for shifts and far-off targets) or not a
     # C-contiguous compute-dtype array.
@@ -266,68 +252,6 @@ def _plan(
         rows = min(-(-n // (4 * threads)), MAX_BLOCK_ROWS, room)
         task_rows = max(1, rows // block_rows) * block_rows
     return _Plan(threads, block_rows, task_rows, direct, in_place)
-
-
-def _same_view(a: np.ndarray, b: np.ndarray) -> bool:
-    """Same memory, element for element (``out=scores``)."""
-    if a is b:
-        return True
-    if not np.may_share_memory(a, b):  # a bounds check: no dict built for a new output
-        return False
-    data = a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
-    return data and a.strides == b.strides and a.shape == b.shape
-
-
-class _ChunkSums:
-    """``Σ_i rows_i`` as ``Σ_j (Σ_{i ∈ chunk j} rows_i)`` over fixed chunks of rows.
-
-    Each chunk is one ``np.add.reduce`` of the same contiguous values (a
-    chunk cut by a task boundary is assembled first): the total does not
-    depend on the tasks.
-    """
-
-    def __init__(self, n: int, dtype: np.dtype) -> None:
-        self.n = n
-        self.partial = np.empty(math.ceil(n / CHUNK_ROWS), dtype=dtype)
-        self.pending: dict[int, np.ndarray] = {}
-        self.filled: dict[int, int] = {}  # rows of each pending chunk handed in so far
-        self.lock = threading.Lock()
-
-    def add(self, r0: int, rows: np.ndarray) -> None:
-        """Row losses of rows ``r0 : r0 + len(rows)``; whole chunks by one 2-D reduction."""
-        if r0 == 0 and len(rows) == self.n <= CHUNK_ROWS:  # one task, one chunk: a small call
-            self.partial[0] = np.add.reduce(rows)
-            return
-        r1 = r0 + len(rows)
-        k = CHUNK_ROWS
-        w0, w1 = -(-r0 // k), min(r1, self.n - self.n % k) // k  # full chunks w0:w1 inside
-        if w1 > w0:
-            inside = rows[w0 * k - r0 : w1 * k - r0].reshape(w1 - w0, k)
-            np.add.reduce(inside, axis=1, out=self.partial[w0:w1])
-        # Left at the ends: chunks cut by r0 or r1, and the batch's short last chunk.
-        for j in sorted({r0 // k, (r1 - 1) // k} - set(range(w0, w1))):
-            c0, c1 = j * k, min((j + 1) * k, self.n)
-            lo, hi = max(r0, c0), min(r1, c1)
-            if lo == c0 and hi == c1:
-                self.partial[j] = np.add.reduce(rows[lo - r0 : hi - r0])
-                continue
-            with self.lock:
-                chunk = self.pending.get(j)
-                if chunk is None:
-                    chunk = self.pending[j] = np.empty(c1 - c0, dtype=self.partial.dtype)
-            chunk[lo - c0 : hi - c0] = rows[lo - r0 : hi - r0]
-            with self.lock:
-                self.filled[j] = self.filled.get(j, 0) + hi - lo
-                done = self.filled[j] == c1 - c0
-                if done:  # summed now, so pending chunks do not pile up
-                    del self.pending[j], self.filled[j]
-            if done:
-                self.partial[j] = np.add.reduce(chunk)
-
-    def total(self) -> Any:
-        """The sum (a NumPy scalar), once every row has been added."""
-        assert not self.pending
-        return np.add.reduce(self.partial)
 
 
 class _Scratch:
@@ -538,24 +462,6 @@ def _exact_smoothing_sums(
 
 # --------------------------------------------------------------------------- threads
 
-_pool_lock = threading.Lock()
-_pool: ThreadPoolExecutor | None = None
-_pool_size = 0
-
-
-def _executor(workers: int) -> ThreadPoolExecutor:
-    """A process-wide pool with at least ``workers`` threads, grown on demand."""
-    global _pool, _pool_size
-    with _pool_lock:
-        if _pool is None or _pool_size < workers:
-            old = _pool
-            _pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="xsoftmax")
-            _pool_size = workers
-            if old is not None:
-                old.shutdown(wait=False)
-        return _pool
-
-
 def _run_tasks(prob: _Problem) -> None:
     """Run :func:`_run_task` over all rows on up to ``plan.threads`` threads, the caller's included."""
     n, step = prob.out.shape[0], prob.plan.task_rows
@@ -589,7 +495,7 @@ def _run_tasks(prob: _Problem) -> None:
     if threads <= 1:
         work()
         return
-    pool = _executor(threads - 1)
+    pool = executor(threads - 1)
     futures = [pool.submit(work) for _ in range(threads - 1)]
     try:
         work()
