@@ -259,9 +259,12 @@ def test_nvrtc_row_module_ships_the_row_source():
 def test_nvrtc_compiles_the_row_kernel(nvrtc, options, arch):
     cubin, lowered = compile_row(nvrtc, options, arch)
     assert len(cubin) > 0
-    # Every dtype pair is instantiated: 4 score types x 2 label types.
-    assert len(set(lowered)) == len(ROW_KERNEL_NAMES) == 8
-    assert all(name.startswith("_Z17xsoftmax_row_loss") for name in lowered)
+    # Every dtype pair is instantiated: 4 score types x 2 label types for the plain kernel; the
+    # options' kernel adds softcap on/off for labels and for probabilities (of the scores' type
+    # or of float32 for 16-bit scores): 8 + 16 + 12.
+    assert len(set(lowered)) == len(ROW_KERNEL_NAMES) == 36
+    assert sum(name.startswith("_Z17xsoftmax_row_loss") for name in lowered) == 8
+    assert sum(name.startswith("_Z19xsoftmax_row_loss_x") for name in lowered) == 28
 
 
 def test_nvrtc_rejects_a_broken_row_kernel(nvrtc, options):

@@ -35,15 +35,24 @@ from typing import NamedTuple
 
 __all__ = [
     "GRAD",
+    "GRAD_CAP",
+    "GRAD_PROB",
+    "GRAD_PROB_CAP",
     "KERNELS",
     "LSE",
+    "LSE_CAP",
     "PREAMBLE",
+    "PROB",
+    "PROB_CAP",
     "ROW_KERNEL_NAMES",
     "ROW_LABEL_TYPES",
     "ROW_SCORE_TYPES",
     "ROW_SCRATCH_BYTES",
     "ROW_SOURCE",
+    "row_kernel_x_name",
+    "row_probability_types",
     "SMOOTH",
+    "SMOOTH_CAP",
     "ElementwiseSpec",
     "ReductionSpec",
     "row_kernel_name",
@@ -103,6 +112,54 @@ __device__ __forceinline__ void xsoftmax_lse_finish(
   m = isfinite(a.m) ? a.m : (F)0;
   l = a.m == xsoftmax_inf<F>() ? a.m : log(a.d);
   t = a.t - m;
+}
+
+// softcap: z = c tanh(s / c). -inf becomes -c, NaN stays NaN, +-1e4 gives +-c.
+template <typename F>
+__device__ __forceinline__ F xsoftmax_softcap(F x, F cap) {
+  return cap * tanh(x / cap);
+}
+
+// Probability targets: the row sums (Q, uq, u) = sum_k (w_k q_k, w_k q_k x_k, w_k x_k), x = z - m.
+template <typename F>
+struct xsoftmax_sum3 {
+  F q;
+  F uq;
+  F u;
+};
+
+template <typename F>
+__device__ __forceinline__ xsoftmax_sum3<F> xsoftmax_sum3_zero() {
+  xsoftmax_sum3<F> r = {(F)0, (F)0, (F)0};
+  return r;
+}
+
+// 0 * -inf = NaN in uq where q = 0 at a -inf logit, as torch's -sum w q log_softmax.
+template <typename F>
+__device__ __forceinline__ xsoftmax_sum3<F> xsoftmax_prob_leaf(F x, F w, F q) {
+  const F wq = w * q;
+  xsoftmax_sum3<F> r = {wq, wq * x, w * x};
+  return r;
+}
+
+template <typename F>
+__device__ __forceinline__ xsoftmax_sum3<F> xsoftmax_sum3_add(
+    const xsoftmax_sum3<F>& a, const xsoftmax_sum3<F>& b) {
+  xsoftmax_sum3<F> r = {a.q + b.q, a.uq + b.uq, a.u + b.u};
+  return r;
+}
+
+// The gradient of one element before the softcap factor:
+// (c + zc lse) p - a T - b w, with the row's c already holding zc lse.
+template <typename F>
+__device__ __forceinline__ F xsoftmax_grad_value(F z, F m, F l, F c, F a_target, F b_w) {
+  return c * exp(z - m - l) - a_target - b_w;
+}
+
+// d = g * dz/ds with t = tanh(s / c): (1 - t)(1 + t), accurate near saturation.
+template <typename F>
+__device__ __forceinline__ F xsoftmax_softcap_grad(F g, F t) {
+  return g * (((F)1 - t) * ((F)1 + t));
 }
 """
 
@@ -171,8 +228,91 @@ GRAD = ElementwiseSpec(
     ),
 )
 
-#: Every kernel the engine ships, by the key the engine launches it with.
-KERNELS: dict[str, ReductionSpec | ElementwiseSpec] = {"lse": LSE, "smooth": SMOOTH, "grad": GRAD}
+# --- probability targets and softcap: new kernels, so the plain ones above stay as they are ---
+
+_CAPPED = "xsoftmax_softcap<F>((F)s, cap)"
+
+#: :data:`LSE` on the capped logits ``z = c tanh(s/c)`` (``cap`` is a 0-d ``F`` array).
+LSE_CAP = LSE._replace(
+    name="xsoftmax_row_lse_cap",
+    in_params="T s, I y, int64 k, F cap",
+    map_expr=f"xsoftmax_lse_leaf<F>({_CAPPED}, k == y)",
+)
+
+#: :data:`SMOOTH` on the capped logits.
+SMOOTH_CAP = SMOOTH._replace(
+    name="xsoftmax_row_smooth_sum_cap",
+    in_params="T s, F m, F w, F cap",
+    map_expr=f"w * ({_CAPPED} - m)",
+)
+
+#: Probability targets ``q`` (``Q``: any floating type, read as ``F``): one read of the row and
+#: of ``q`` gives ``Q_i = Σ_k w_k q_ik``, ``uq_i = Σ_k w_k q_ik (s_ik − m_i)`` and
+#: ``u_i = Σ_k w_k (s_ik − m_i)`` (the smoothing sum, used only with ε > 0).
+PROB = ReductionSpec(
+    name="xsoftmax_row_prob_sums",
+    in_params="T s, Q q, F m, F w",
+    out_params="F qs, F uq, F u",
+    map_expr="xsoftmax_prob_leaf<F>((F)s - m, w, (F)q)",
+    reduce_expr="xsoftmax_sum3_add(a, b)",
+    post_map_expr="qs = a.q, uq = a.uq, u = a.u",
+    identity="xsoftmax_sum3_zero<F>()",
+    reduce_type="xsoftmax_sum3<F>",
+)
+
+#: :data:`PROB` on the capped logits.
+PROB_CAP = PROB._replace(
+    name="xsoftmax_row_prob_sums_cap",
+    in_params="T s, Q q, F m, F w, F cap",
+    map_expr=f"xsoftmax_prob_leaf<F>({_CAPPED} - m, w, (F)q)",
+)
+
+_ROW_CLASS = "const ptrdiff_t row = i / num_classes, k = i - row * num_classes;\n"
+_RAW_ROWS = "raw F m, raw F l, raw F a, raw F c, raw F b, raw F w, int64 num_classes"
+
+#: :data:`GRAD` chained through the softcap: ``d = [c e^{z − m − l} − a 1[k = y] − b w_k](1 − t²)``
+#: with ``t = tanh(s/c)``, ``z = c t``.
+GRAD_CAP = ElementwiseSpec(
+    name="xsoftmax_softmax_grad_cap",
+    in_params=f"T s, raw I y, {_RAW_ROWS}, F cap",
+    out_params="T d",
+    operation=(
+        _ROW_CLASS + "const F t = tanh((F)s / cap);\n"
+        "d = (T)xsoftmax_softcap_grad(xsoftmax_grad_value(cap * t, m[row], l[row], c[row],"
+        " k == y[row] ? a[row] : (F)0, b[row] * w[k]), t);"
+    ),
+)
+
+#: The gradient for probability targets: ``d = c_i e^{s − m − l} − a_i w_k q_ik − b_i w_k``
+#: (``c_i = a Q_i + b W``, plus the z-loss ``zc_i lse_i``, computed by the driver).
+GRAD_PROB = ElementwiseSpec(
+    name="xsoftmax_softmax_grad_prob",
+    in_params=f"T s, Q q, {_RAW_ROWS}",
+    out_params="T d",
+    operation=(
+        _ROW_CLASS + "d = (T)xsoftmax_grad_value((F)s, m[row], l[row], c[row],"
+        " a[row] * (w[k] * (F)q), b[row] * w[k]);"
+    ),
+)
+
+#: :data:`GRAD_PROB` chained through the softcap.
+GRAD_PROB_CAP = ElementwiseSpec(
+    name="xsoftmax_softmax_grad_prob_cap",
+    in_params=f"T s, Q q, {_RAW_ROWS}, F cap",
+    out_params="T d",
+    operation=(
+        _ROW_CLASS + "const F t = tanh((F)s / cap);\n"
+        "d = (T)xsoftmax_softcap_grad(xsoftmax_grad_value(cap * t, m[row], l[row], c[row],"
+        " a[row] * (w[k] * (F)q), b[row] * w[k]), t);"
+    ),
+)
+
+#: Every kernel the engine ships, by the key the engine launches it with (``_cap``: softcap).
+KERNELS: dict[str, ReductionSpec | ElementwiseSpec] = {
+    "lse": LSE, "smooth": SMOOTH, "grad": GRAD,
+    "lse_cap": LSE_CAP, "smooth_cap": SMOOTH_CAP, "prob": PROB, "prob_cap": PROB_CAP,
+    "grad_cap": GRAD_CAP, "grad_prob": GRAD_PROB, "grad_prob_cap": GRAD_PROB_CAP,
+}
 
 
 #: Bytes at the start of the row kernel's dynamic shared memory that hold the
@@ -267,21 +407,46 @@ __device__ __forceinline__ void xsoftmax_group_reduce(F (&v)[K], int group, F* s
   }
 }
 
-template <typename T, typename I>
-__global__ void xsoftmax_row_loss(
-    const T* s, long long s_row_stride, const I* y, long long n, long long c,
+__device__ __forceinline__ float xsoftmax_tanh(float x) { return tanhf(x); }
+__device__ __forceinline__ double xsoftmax_tanh(double x) { return tanh(x); }
+
+// z = c tanh(s / c) under a softcap (CAP), else s itself (nothing computed).
+template <bool CAP, typename F>
+__device__ __forceinline__ F xsoftmax_row_z(F x, F cap) {
+  if constexpr (CAP) {
+    return cap * xsoftmax_tanh(x / cap);
+  } else {
+    return x;
+  }
+}
+
+// The body of both row kernels. CAP: softcap; PROB: probability targets q (of type P, staged in
+// shared memory after every row's scores, 16-byte aligned, and read from global memory once);
+// zloss: the rows' c gets zc (m + l). Compile-time flags off compile to the plain kernel.
+template <typename T, typename I, typename P, bool CAP, bool PROB>
+__device__ __forceinline__ void xsoftmax_row_body(
+    const T* s, long long s_row_stride, const I* y, const P* q, long long q_row_stride,
+    long long n, long long c,
     const typename xsoftmax_compute<T>::type* coef_a,
     const typename xsoftmax_compute<T>::type* coef_c,
     const typename xsoftmax_compute<T>::type* coef_b,
-    const typename xsoftmax_compute<T>::type* w, int smooth, int group,
+    const typename xsoftmax_compute<T>::type* coef_zc,
+    const typename xsoftmax_compute<T>::type* w, typename xsoftmax_compute<T>::type wsum,
+    typename xsoftmax_compute<T>::type cap, int smooth, int zloss, int group,
     typename xsoftmax_compute<T>::type* l_out, typename xsoftmax_compute<T>::type* t_out,
-    typename xsoftmax_compute<T>::type* u_out, T* d, long long d_row_stride) {
+    typename xsoftmax_compute<T>::type* u_out, typename xsoftmax_compute<T>::type* q_out,
+    typename xsoftmax_compute<T>::type* m_out, T* d, long long d_row_stride) {
   typedef typename xsoftmax_compute<T>::type F;
   extern __shared__ __align__(16) unsigned char xsoftmax_smem[];
   F* scratch = (F*)xsoftmax_smem;
   const int rows = blockDim.x / group;
   const int r = threadIdx.x / group, lane = threadIdx.x % group;
   T* buf = (T*)(xsoftmax_smem + 3 * 32 * 8) + (long long)r * c;
+  P* qbuf = nullptr;
+  if constexpr (PROB) {
+    const long long score_bytes = ((long long)rows * c * (long long)sizeof(T) + 15) / 16 * 16;
+    qbuf = (P*)(xsoftmax_smem + 3 * 32 * 8 + score_bytes) + (long long)r * c;
+  }
   for (long long base = (long long)blockIdx.x * rows; base < n;
        base += (long long)gridDim.x * rows) {
     const long long row = base + r;
@@ -293,23 +458,33 @@ __global__ void xsoftmax_row_loss(
       for (long long k = lane; k < c; k += group) {
         const T x = src[k];
         buf[k] = x;
-        mx[0] = xsoftmax_nanmax(mx[0], xsoftmax_load(x));
+        if constexpr (PROB) qbuf[k] = q[row * q_row_stride + k];
+        mx[0] = xsoftmax_nanmax(mx[0], xsoftmax_row_z<CAP>(xsoftmax_load(x), cap));
       }
     }
     xsoftmax_group_reduce<F, 1, true>(mx, group, scratch);
     const F m = xsoftmax_finite(mx[0]) ? mx[0] : (F)0;
 
-    const I label = active ? y[row] : (I)0;  // compared with k, never an index
-    F acc[3] = {(F)0, (F)0, (F)0};  // sum of exp(s - m), t, u
+    // A label is compared with k, never an index; probability rows have none.
+    const I label = (active && !PROB) ? y[row] : (I)0;
+    F acc[3] = {(F)0, (F)0, (F)0};  // sum of exp(z - m), t (uq for probabilities), u
+    F qsum[1] = {(F)0};             // probabilities: Q = sum w q
     if (active) {
       for (long long k = lane; k < c; k += group) {
-        const F x = xsoftmax_load(buf[k]) - m;
+        const F x = xsoftmax_row_z<CAP>(xsoftmax_load(buf[k]), cap) - m;
         acc[0] += xsoftmax_exp(x);
-        if (k == label) acc[1] = x;
+        if constexpr (PROB) {
+          const F wq = w[k] * xsoftmax_load(qbuf[k]);
+          qsum[0] += wq;
+          acc[1] += wq * x;  // 0 * -inf = NaN where q = 0 at a -inf logit, as in torch
+        } else {
+          if (k == label) acc[1] = x;
+        }
         if (smooth) acc[2] += w[k] * x;
       }
     }
     xsoftmax_group_reduce<F, 3, false>(acc, group, scratch);
+    if constexpr (PROB) xsoftmax_group_reduce<F, 1, false>(qsum, group, scratch);
     const F l = mx[0] == xsoftmax_row_inf<F>() ? mx[0] : xsoftmax_log(acc[0]);
 
     if (active) {
@@ -317,17 +492,80 @@ __global__ void xsoftmax_row_loss(
         l_out[row] = l;
         t_out[row] = acc[1];
         if (smooth) u_out[row] = acc[2];
+        if constexpr (PROB) q_out[row] = qsum[0];
+        if (zloss) m_out[row] = m;
       }
-      const F ca = coef_a[row], cc = coef_c[row], cb = smooth ? coef_b[row] : (F)0;
+      const F ca = coef_a[row], cb = smooth ? coef_b[row] : (F)0;
+      F cc;
+      if constexpr (PROB) {
+        cc = ca * qsum[0];  // c = a Q + b W (probability_c)
+        if (smooth) cc += cb * wsum;
+      } else {
+        cc = coef_c[row];
+      }
+      // z-loss: c + zc lse; an ignored row (zc = 0) keeps c, even where lse is not finite.
+      if (zloss && coef_zc[row] != (F)0) cc += coef_zc[row] * (m + l);
       T* dst = d + row * d_row_stride;
       for (long long k = lane; k < c; k += group) {
-        F g = cc * xsoftmax_exp(xsoftmax_load(buf[k]) - m - l) - (k == label ? ca : (F)0);
-        if (smooth) g -= cb * w[k];
-        xsoftmax_store(dst + k, g);
+        if constexpr (!CAP && !PROB) {  // the plain kernel's expression, unchanged
+          F g = cc * xsoftmax_exp(xsoftmax_load(buf[k]) - m - l) - (k == label ? ca : (F)0);
+          if (smooth) g -= cb * w[k];
+          xsoftmax_store(dst + k, g);
+        } else {
+          F z = xsoftmax_load(buf[k]), th = (F)0;
+          if constexpr (CAP) {
+            th = xsoftmax_tanh(z / cap);
+            z = cap * th;
+          }
+          F g = cc * xsoftmax_exp(z - m - l);
+          if constexpr (PROB) {
+            g -= ca * (w[k] * xsoftmax_load(qbuf[k]));
+          } else {
+            if (k == label) g -= ca;
+          }
+          if (smooth) g -= cb * w[k];
+          if constexpr (CAP) g *= ((F)1 - th) * ((F)1 + th);
+          xsoftmax_store(dst + k, g);
+        }
       }
     }
     __syncthreads();  // every thread is done with buf before the next rows overwrite it
   }
+}
+
+template <typename T, typename I>
+__global__ void xsoftmax_row_loss(
+    const T* s, long long s_row_stride, const I* y, long long n, long long c,
+    const typename xsoftmax_compute<T>::type* coef_a,
+    const typename xsoftmax_compute<T>::type* coef_c,
+    const typename xsoftmax_compute<T>::type* coef_b,
+    const typename xsoftmax_compute<T>::type* w, int smooth, int group,
+    typename xsoftmax_compute<T>::type* l_out, typename xsoftmax_compute<T>::type* t_out,
+    typename xsoftmax_compute<T>::type* u_out, T* d, long long d_row_stride) {
+  typedef typename xsoftmax_compute<T>::type F;
+  xsoftmax_row_body<T, I, T, false, false>(
+      s, s_row_stride, y, (const T*)nullptr, 0, n, c, coef_a, coef_c, coef_b, (const F*)nullptr, w,
+      (F)0, (F)1, smooth, 0, group, l_out, t_out, u_out, (F*)nullptr, (F*)nullptr, d, d_row_stride);
+}
+
+// Every option: softcap (CAP), probability targets (PROB, q of type P), z-loss (zloss: coef_zc
+// per row, m written to m_out for the loss's lse = m + l), with the plain kernel's arguments.
+template <typename T, typename I, typename P, bool CAP, bool PROB>
+__global__ void xsoftmax_row_loss_x(
+    const T* s, long long s_row_stride, const I* y, const P* q, long long q_row_stride,
+    long long n, long long c,
+    const typename xsoftmax_compute<T>::type* coef_a,
+    const typename xsoftmax_compute<T>::type* coef_c,
+    const typename xsoftmax_compute<T>::type* coef_b,
+    const typename xsoftmax_compute<T>::type* coef_zc,
+    const typename xsoftmax_compute<T>::type* w, typename xsoftmax_compute<T>::type wsum,
+    typename xsoftmax_compute<T>::type cap, int smooth, int zloss, int group,
+    typename xsoftmax_compute<T>::type* l_out, typename xsoftmax_compute<T>::type* t_out,
+    typename xsoftmax_compute<T>::type* u_out, typename xsoftmax_compute<T>::type* q_out,
+    typename xsoftmax_compute<T>::type* m_out, T* d, long long d_row_stride) {
+  xsoftmax_row_body<T, I, P, CAP, PROB>(
+      s, s_row_stride, y, q, q_row_stride, n, c, coef_a, coef_c, coef_b, coef_zc, w, wsum, cap,
+      smooth, zloss, group, l_out, t_out, u_out, q_out, m_out, d, d_row_stride);
 }
 """
 
@@ -343,5 +581,26 @@ def row_kernel_name(scores: str, labels: str) -> str:
     return f"xsoftmax_row_loss<{ROW_SCORE_TYPES[scores]}, {ROW_LABEL_TYPES[labels]}>"
 
 
-#: Every instantiation the engine may launch.
-ROW_KERNEL_NAMES = tuple(row_kernel_name(s, i) for s in ROW_SCORE_TYPES for i in ROW_LABEL_TYPES)
+def row_probability_types(scores: str) -> tuple[str, ...]:
+    """dtype names probability targets may have in the row kernel: the scores' own or the compute type."""
+    return (scores,) if scores in ("float32", "float64") else (scores, "float32")
+
+
+def row_kernel_x_name(scores: str, labels: str | None, probs: str | None, cap: bool) -> str:
+    """The instantiation of ``xsoftmax_row_loss_x`` for labels (``probs`` None) or probabilities
+    (``labels`` None; the label type is then ``int``, never read)."""
+    T = ROW_SCORE_TYPES[scores]
+    I_ = ROW_LABEL_TYPES[labels or "int32"]
+    P = T if probs is None else ROW_SCORE_TYPES[probs]
+    flags = f"{'true' if cap else 'false'}, {'false' if probs is None else 'true'}"
+    return f"xsoftmax_row_loss_x<{T}, {I_}, {P}, {flags}>"
+
+
+#: Every instantiation the engine may launch: the plain kernel, then every option's.
+ROW_KERNEL_NAMES = (
+    *(row_kernel_name(s, i) for s in ROW_SCORE_TYPES for i in ROW_LABEL_TYPES),
+    *(row_kernel_x_name(s, i, None, cap) for s in ROW_SCORE_TYPES for i in ROW_LABEL_TYPES
+      for cap in (False, True)),
+    *(row_kernel_x_name(s, None, p, cap) for s in ROW_SCORE_TYPES for p in row_probability_types(s)
+      for cap in (False, True)),
+)
