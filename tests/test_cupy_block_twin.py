@@ -21,7 +21,7 @@ import pytest
 from _block_twin import HEADER, BlockTwinLauncher, BlockTwinUnavailable, compiler
 
 import xsoftmax as xs
-from xsoftmax._engines._cuda_source import ROW_SOURCE
+from xsoftmax._engines._cuda_source import ROW_SOURCE, row_kernel_name
 from xsoftmax._engines.cupy import fused_row_softmax_loss, row_plan
 from xsoftmax._reduction import row_coefficients
 from xsoftmax._validate import check_loss_inputs, check_out
@@ -287,8 +287,9 @@ def test_block_twin_bfloat16_rows(launcher):
     plan = row_plan(n, c, 2, limit_bytes=LIMIT)
     lse, t = np.empty(n, np.float32), np.empty(n, np.float32)
     d = np.empty((n, c), np.uint16)
-    launcher(plan, "bfloat16", "int64", s16, c, y, n, c, a_rows, c_rows, a_rows,
-             np.ones(c, np.float32), 0, plan.group, lse, t, lse, d, c)
+    i64, i32 = np.int64, np.int32
+    launcher(plan, row_kernel_name("bfloat16", "int64"), s16, i64(c), y, i64(n), i64(c), a_rows, c_rows,
+             a_rows, np.ones(c, np.float32), i32(0), i32(plan.group), lse, t, lse, d, i64(c))
     grad = (d.astype(np.uint32) << 16).view(np.float32)
     ref_loss, ref_d = xs.softmax_loss(values.astype(np.float64), y, reduction="none", engine="reference")
     np.testing.assert_allclose(lse - t, ref_loss, rtol=1e-5, atol=1e-4)
