@@ -120,32 +120,31 @@ __device__ __forceinline__ F xsoftmax_softcap(F x, F cap) {
   return cap * tanh(x / cap);
 }
 
-// Probability targets: the row sums (Q, uq, u) = sum_k (w_k q_k, w_k q_k x_k, w_k x_k), x = z - m.
+// Probability targets: the row sums (Q, uq') = sum_k (w_k q_k, w_k q'_k x_k), x = z - m, with
+// q' = qa q + qb = (1 - eps) q + eps / C mixed first, as torch does: a -inf logit where q' = 0
+// gives 0 * -inf = NaN (torch's -sum w q log_softmax), where q' > 0 +inf.
 template <typename F>
-struct xsoftmax_sum3 {
+struct xsoftmax_prob_sums {
   F q;
   F uq;
-  F u;
 };
 
 template <typename F>
-__device__ __forceinline__ xsoftmax_sum3<F> xsoftmax_sum3_zero() {
-  xsoftmax_sum3<F> r = {(F)0, (F)0, (F)0};
-  return r;
-}
-
-// 0 * -inf = NaN in uq where q = 0 at a -inf logit, as torch's -sum w q log_softmax.
-template <typename F>
-__device__ __forceinline__ xsoftmax_sum3<F> xsoftmax_prob_leaf(F x, F w, F q) {
-  const F wq = w * q;
-  xsoftmax_sum3<F> r = {wq, wq * x, w * x};
+__device__ __forceinline__ xsoftmax_prob_sums<F> xsoftmax_prob_zero() {
+  xsoftmax_prob_sums<F> r = {(F)0, (F)0};
   return r;
 }
 
 template <typename F>
-__device__ __forceinline__ xsoftmax_sum3<F> xsoftmax_sum3_add(
-    const xsoftmax_sum3<F>& a, const xsoftmax_sum3<F>& b) {
-  xsoftmax_sum3<F> r = {a.q + b.q, a.uq + b.uq, a.u + b.u};
+__device__ __forceinline__ xsoftmax_prob_sums<F> xsoftmax_prob_leaf(F x, F w, F q, F qa, F qb) {
+  xsoftmax_prob_sums<F> r = {w * q, w * (qa * q + qb) * x};
+  return r;
+}
+
+template <typename F>
+__device__ __forceinline__ xsoftmax_prob_sums<F> xsoftmax_prob_add(
+    const xsoftmax_prob_sums<F>& a, const xsoftmax_prob_sums<F>& b) {
+  xsoftmax_prob_sums<F> r = {a.q + b.q, a.uq + b.uq};
   return r;
 }
 
@@ -247,24 +246,24 @@ SMOOTH_CAP = SMOOTH._replace(
 )
 
 #: Probability targets ``q`` (``Q``: any floating type, read as ``F``): one read of the row and
-#: of ``q`` gives ``Q_i = Σ_k w_k q_ik``, ``uq_i = Σ_k w_k q_ik (s_ik − m_i)`` and
-#: ``u_i = Σ_k w_k (s_ik − m_i)`` (the smoothing sum, used only with ε > 0).
+#: of ``q`` gives ``Q_i = Σ_k w_k q_ik`` and ``uq'_i = Σ_k w_k q'_ik (s_ik − m_i)`` with the
+#: smoothed ``q' = qa q + qb = (1 − ε) q + ε/C`` (0-d ``qa``, ``qb``; ``1``, ``0`` without smoothing).
 PROB = ReductionSpec(
     name="xsoftmax_row_prob_sums",
-    in_params="T s, Q q, F m, F w",
-    out_params="F qs, F uq, F u",
-    map_expr="xsoftmax_prob_leaf<F>((F)s - m, w, (F)q)",
-    reduce_expr="xsoftmax_sum3_add(a, b)",
-    post_map_expr="qs = a.q, uq = a.uq, u = a.u",
-    identity="xsoftmax_sum3_zero<F>()",
-    reduce_type="xsoftmax_sum3<F>",
+    in_params="T s, Q q, F m, F w, F qa, F qb",
+    out_params="F qs, F uq",
+    map_expr="xsoftmax_prob_leaf<F>((F)s - m, w, (F)q, qa, qb)",
+    reduce_expr="xsoftmax_prob_add(a, b)",
+    post_map_expr="qs = a.q, uq = a.uq",
+    identity="xsoftmax_prob_zero<F>()",
+    reduce_type="xsoftmax_prob_sums<F>",
 )
 
 #: :data:`PROB` on the capped logits.
 PROB_CAP = PROB._replace(
     name="xsoftmax_row_prob_sums_cap",
-    in_params="T s, Q q, F m, F w, F cap",
-    map_expr=f"xsoftmax_prob_leaf<F>({_CAPPED} - m, w, (F)q)",
+    in_params="T s, Q q, F m, F w, F qa, F qb, F cap",
+    map_expr=f"xsoftmax_prob_leaf<F>({_CAPPED} - m, w, (F)q, qa, qb)",
 )
 
 _ROW_CLASS = "const ptrdiff_t row = i / num_classes, k = i - row * num_classes;\n"
@@ -432,7 +431,8 @@ __device__ __forceinline__ void xsoftmax_row_body(
     const typename xsoftmax_compute<T>::type* coef_b,
     const typename xsoftmax_compute<T>::type* coef_zc,
     const typename xsoftmax_compute<T>::type* w, typename xsoftmax_compute<T>::type wsum,
-    typename xsoftmax_compute<T>::type cap, int smooth, int zloss, int group,
+    typename xsoftmax_compute<T>::type cap, typename xsoftmax_compute<T>::type qa,
+    typename xsoftmax_compute<T>::type qb, int smooth, int zloss, int group,
     typename xsoftmax_compute<T>::type* l_out, typename xsoftmax_compute<T>::type* t_out,
     typename xsoftmax_compute<T>::type* u_out, typename xsoftmax_compute<T>::type* q_out,
     typename xsoftmax_compute<T>::type* m_out, T* d, long long d_row_stride) {
@@ -467,20 +467,20 @@ __device__ __forceinline__ void xsoftmax_row_body(
 
     // A label is compared with k, never an index; probability rows have none.
     const I label = (active && !PROB) ? y[row] : (I)0;
-    F acc[3] = {(F)0, (F)0, (F)0};  // sum of exp(z - m), t (uq for probabilities), u
+    F acc[3] = {(F)0, (F)0, (F)0};  // sum of exp(z - m), t (uq' for probabilities), u (labels)
     F qsum[1] = {(F)0};             // probabilities: Q = sum w q
     if (active) {
       for (long long k = lane; k < c; k += group) {
         const F x = xsoftmax_row_z<CAP>(xsoftmax_load(buf[k]), cap) - m;
         acc[0] += xsoftmax_exp(x);
         if constexpr (PROB) {
-          const F wq = w[k] * xsoftmax_load(qbuf[k]);
-          qsum[0] += wq;
-          acc[1] += wq * x;  // 0 * -inf = NaN where q = 0 at a -inf logit, as in torch
+          const F qk = xsoftmax_load(qbuf[k]);
+          qsum[0] += w[k] * qk;
+          acc[1] += w[k] * (qa * qk + qb) * x;  // uq' of q' = (1 - eps) q + eps / C (torch's order)
         } else {
           if (k == label) acc[1] = x;
+          if (smooth) acc[2] += w[k] * x;
         }
-        if (smooth) acc[2] += w[k] * x;
       }
     }
     xsoftmax_group_reduce<F, 3, false>(acc, group, scratch);
@@ -491,7 +491,7 @@ __device__ __forceinline__ void xsoftmax_row_body(
       if (lane == 0) {
         l_out[row] = l;
         t_out[row] = acc[1];
-        if (smooth) u_out[row] = acc[2];
+        if (smooth && !PROB) u_out[row] = acc[2];
         if constexpr (PROB) q_out[row] = qsum[0];
         if (zloss) m_out[row] = m;
       }
@@ -545,7 +545,8 @@ __global__ void xsoftmax_row_loss(
   typedef typename xsoftmax_compute<T>::type F;
   xsoftmax_row_body<T, I, T, false, false>(
       s, s_row_stride, y, (const T*)nullptr, 0, n, c, coef_a, coef_c, coef_b, (const F*)nullptr, w,
-      (F)0, (F)1, smooth, 0, group, l_out, t_out, u_out, (F*)nullptr, (F*)nullptr, d, d_row_stride);
+      (F)0, (F)1, (F)1, (F)0, smooth, 0, group, l_out, t_out, u_out, (F*)nullptr, (F*)nullptr, d,
+      d_row_stride);
 }
 
 // Every option: softcap (CAP), probability targets (PROB, q of type P), z-loss (zloss: coef_zc
@@ -559,13 +560,14 @@ __global__ void xsoftmax_row_loss_x(
     const typename xsoftmax_compute<T>::type* coef_b,
     const typename xsoftmax_compute<T>::type* coef_zc,
     const typename xsoftmax_compute<T>::type* w, typename xsoftmax_compute<T>::type wsum,
-    typename xsoftmax_compute<T>::type cap, int smooth, int zloss, int group,
+    typename xsoftmax_compute<T>::type cap, typename xsoftmax_compute<T>::type qa,
+    typename xsoftmax_compute<T>::type qb, int smooth, int zloss, int group,
     typename xsoftmax_compute<T>::type* l_out, typename xsoftmax_compute<T>::type* t_out,
     typename xsoftmax_compute<T>::type* u_out, typename xsoftmax_compute<T>::type* q_out,
     typename xsoftmax_compute<T>::type* m_out, T* d, long long d_row_stride) {
   xsoftmax_row_body<T, I, P, CAP, PROB>(
-      s, s_row_stride, y, q, q_row_stride, n, c, coef_a, coef_c, coef_b, coef_zc, w, wsum, cap,
-      smooth, zloss, group, l_out, t_out, u_out, q_out, m_out, d, d_row_stride);
+      s, s_row_stride, y, q, q_row_stride, n, c, coef_a, coef_c, coef_b, coef_zc, w, wsum, cap, qa,
+      qb, smooth, zloss, group, l_out, t_out, u_out, q_out, m_out, d, d_row_stride);
 }
 """
 

@@ -147,6 +147,24 @@ def _z_loss_c(xp: Any, coef: RowCoefficients, c: Array, lse: Array) -> Array:
     return xp.where(coef.zc != 0, c + coef.zc * lse, c)
 
 
+def _probability_rows(xp: Any, coef: RowCoefficients, l: Array, q_sum: Array, uq_mixed: Array) -> Array:  # noqa: E741
+    """Probability rows ``Q'_i l_i − uq'_i`` from the kernels' ``Q_i`` and ``uq'_i = Σ_k w_k q'_ik x_ik``.
+
+    ``q' = (1 − ε) q + ε/C`` is mixed before the product with ``x = z − m``, as torch
+    mixes it: ``α (Q l − uq) + β (W l − u)`` is the same number except where ``q = 0``
+    at a −inf logit under smoothing (``0 · inf`` there, ``+inf`` in torch).
+    ``Q' = α Q + β W`` (:func:`~xsoftmax._reduction.probability_c` of α, β).
+    """
+    q_mixed = probability_c(coef._replace(a=coef.alpha, b=coef.beta), q_sum)
+    plain = coef._replace(alpha=xp.ones_like(coef.alpha), beta=None)
+    return row_loss(xp, plain, l, uq_mixed, None, q_sum=q_mixed)
+
+
+def _mixing(xp: Any, coef: RowCoefficients) -> tuple[Array, Array]:
+    """``(qa, qb) = (1 − ε, ε/C)``, 0-d: ``q' = qa q + qb``."""
+    return coef.alpha, coef.beta if coef.beta is not None else xp.zeros_like(coef.alpha)
+
+
 def fused_softmax_loss(
     inp: LossInputs, launch: Launcher, *, out: Array | None = None
 ) -> tuple[Array, Array]:
@@ -177,18 +195,19 @@ def fused_softmax_loss(
     coef = row_coefficients(inp._replace(weight=w), fdt)
     # Without smoothing b = 0 and w never matters: w = 1 keeps 0 · w exactly 0.
     w_or_one = w if w is not None else xp.ones((c,), dtype=fdt, device=dev)
-    u = q_sum = None
+    u = None
     c_row = coef.c
     if prob:
-        q_sum, t, u = vec(), vec(), vec()  # Q, uq (the t of row_loss), u
-        launch("prob" + sfx, s, y, xp.expand_dims(m, axis=1), xp.expand_dims(w_or_one, axis=0), *cap,
-               q_sum, t, u)
-        u = u if coef.b is not None else None
+        q_sum = vec()
+        launch("prob" + sfx, s, y, xp.expand_dims(m, axis=1), xp.expand_dims(w_or_one, axis=0),
+               *_mixing(xp, coef), *cap, q_sum, t)  # t: uq'
+        rows = _probability_rows(xp, coef, l, q_sum, t)
         c_row = probability_c(coef, q_sum)
-    elif coef.b is not None:
-        u = vec()
-        launch("smooth" + sfx, s, xp.expand_dims(m, axis=1), xp.expand_dims(w_or_one, axis=0), *cap, u)
-    rows = row_loss(xp, coef, l, t, u, q_sum=q_sum)
+    else:
+        if coef.b is not None:
+            u = vec()
+            launch("smooth" + sfx, s, xp.expand_dims(m, axis=1), xp.expand_dims(w_or_one, axis=0), *cap, u)
+        rows = row_loss(xp, coef, l, t, u)
     zrows = None
     if coef.zc is not None:
         lse = m + l
@@ -372,10 +391,14 @@ def fused_row_softmax_loss(
             plan, name,
             s, i64(s.strides[0] // s.itemsize), labels, q, i64(q_stride), i64(n), i64(c),
             a_rows, c_rows, b, zc, w_arg, f(coef.wsum), f(inp.softcap or 1.0),
+            *(f(v) for v in _mixing(xp, coef)),
             i32(smooth), i32(coef.zc is not None), i32(plan.group),
             l, t, u, q_sum, m, d, i64(d.strides[0] // d.itemsize),
         )
-        rows = row_loss(xp, coef, l, t, u if smooth else None, q_sum=q_sum if prob else None)
+        if prob:
+            rows = _probability_rows(xp, coef, l, q_sum, t)
+        else:
+            rows = row_loss(xp, coef, l, t, u if smooth else None)
         zrows = z_rows(xp, coef, m + l) if coef.zc is not None else None
         loss = reduce_loss(xp, coef, rows, inp.reduction, zrows=zrows)
     if out is not None and not direct:
