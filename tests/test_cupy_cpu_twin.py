@@ -362,7 +362,8 @@ def test_cpu_twin_targets_catch_an_altered_kernel(twin_dir, mutation):
     assert old in text, "the mutated fragment is gone from the kernel: update this test"
     specs = dict(KERNELS)
     specs[key] = specs[key]._replace(**{field: text.replace(old, new)})
-    s, y, kw = make_case("float32", "probs" if key == "prob" else "labels", "all", "cap")
+    target, extra = ("probs", "none") if key == "prob" else ("labels", "cap")
+    s, y, kw = make_case("float32", target, "all", extra)
     got = twin_fused(TwinLauncher(twin_dir, specs=specs), s, y, reduction="none", **kw)
     with pytest.raises(AssertionError, match="differs from the oracle"):
         assert_like_oracle(got, s, y, reduction="none", **kw)
