@@ -391,7 +391,7 @@ def fused_row_softmax_loss(
             plan, name,
             s, i64(s.strides[0] // s.itemsize), labels, q, i64(q_stride), i64(n), i64(c),
             a_rows, c_rows, b, zc, w_arg, f(coef.wsum), f(inp.softcap or 1.0),
-            *(f(v) for v in _mixing(xp, coef)),
+            *((f(v) for v in _mixing(xp, coef)) if prob else (f(1.0), f(0.0))),  # q' = qa q + qb
             i32(smooth), i32(coef.zc is not None), i32(plan.group),
             l, t, u, q_sum, m, d, i64(d.strides[0] // d.itemsize),
         )
