@@ -23,6 +23,15 @@ type: float32 for float16 scores, else the scores' own type):
   temporary: ``d_ik = c_i exp(s_ik − m_i − l_i) − a_i 1[k = y_i] − b_i w_k``
   with the per-row coefficients of :mod:`xsoftmax._reduction`.
 
+Issue 15's options are separate kernels, so the plain ones above run unchanged:
+softcap (``z = c tanh(s/c)``) is read inside the element load of the ``_cap``
+variants (:data:`LSE_CAP`, :data:`SMOOTH_CAP`, :data:`PROB_CAP`) and its factor
+``1 − tanh²(s/c)`` multiplies the gradient in :data:`GRAD_CAP` /
+:data:`GRAD_PROB_CAP`; probability targets ``q`` get one reduction over the row
+and ``q`` (:data:`PROB`: ``Q_i`` and ``uq'_i``) and a gradient reading ``q``
+(:data:`GRAD_PROB`: ``T_ik = w_k q_ik``); z-loss only changes ``c_i`` to
+``c_i + zc_i lse_i`` on the host.
+
 The loss (``row_loss`` / ``reduce_loss``) is assembled from ``l, t, u`` by the
 shared Array API code. Labels are only ever *compared* with the class index,
 never used as an index, so no label value can make a kernel read out of
@@ -34,6 +43,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 __all__ = [
+    "ElementwiseSpec",
     "GRAD",
     "GRAD_CAP",
     "GRAD_PROB",
@@ -49,13 +59,12 @@ __all__ = [
     "ROW_SCORE_TYPES",
     "ROW_SCRATCH_BYTES",
     "ROW_SOURCE",
-    "row_kernel_x_name",
-    "row_probability_types",
+    "ReductionSpec",
     "SMOOTH",
     "SMOOTH_CAP",
-    "ElementwiseSpec",
-    "ReductionSpec",
     "row_kernel_name",
+    "row_kernel_x_name",
+    "row_probability_types",
 ]
 
 #: Device helpers shared by every kernel. ``__int_as_float`` (a CUDA
@@ -332,6 +341,14 @@ ROW_SCRATCH_BYTES = 3 * 32 * 8
 #: 3. from shared memory: ``d_k = c e^{s_k − m − l} − a 1[k = y] − b w_k``,
 #:    written once, through the row stride of ``d`` (``d`` may be ``s``: the
 #:    row is in shared memory before any of it is written).
+#:
+#: ``xsoftmax_row_loss_x<T, I, P, CAP, PROB>`` runs the same body with the options:
+#: ``CAP`` reads ``z = c tanh(s/c)`` from the staged row in each pass and multiplies the
+#: gradient by ``1 − tanh²``; ``PROB`` stages the row of ``q`` (type ``P``) after every
+#: row's scores (16-byte aligned), so ``q`` too is read once, and reduces ``Q`` and
+#: ``uq'`` (``q' = qa q + qb``, torch's smoothing order) with ``c = a Q + b W``; ``zloss``
+#: adds ``zc (m + l)`` to ``c`` and writes ``m``. The plain kernel is the body with every
+#: flag off, its arithmetic unchanged.
 #:
 #: Every thread of a block runs every shuffle and barrier (rows past ``n``
 #: take part with identity values), as ``__shfl_xor_sync(0xffffffff, ...)``

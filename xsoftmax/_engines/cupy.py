@@ -16,6 +16,13 @@ Per row ``i`` (see :mod:`xsoftmax._reduction` for ``a, b, c``, α, β):
    place and nothing ``N × C`` is allocated at all; an ``out`` that merely
    overlaps the scores makes CuPy copy them first.
 
+Probability targets, z-loss and softcap (see :mod:`xsoftmax._reduction`):
+softcap runs the ``_cap`` kernels (``z = c tanh(s/c)`` read in, ``1 − tanh²``
+multiplied into the write); probabilities add one read of the row and of ``q``
+for ``Q_i`` and ``uq'_i``, and the gradient ``(c_i + zc_i lse_i) p − a w⊙q − b w``
+reads ``q`` again; z-loss adds ``ζ v_i lse_i²`` (:func:`~xsoftmax._reduction.z_rows`)
+and ``zc_i lse_i`` to ``c_i``, with no pass of its own. Without them nothing changes.
+
 float16 scores are read as float16 and computed in float32 (the kernels'
 ``F``); the gradient is written back as float16. Indices are 64-bit
 (CuPy's ``ptrdiff_t i``), so batches past 2^31 elements work, and any strides
