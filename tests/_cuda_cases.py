@@ -48,8 +48,9 @@ def loss_inputs(scores, y, *, reduction="mean", weight=None, ignore_index=None, 
                 z_loss=0.0, softcap=None) -> LossInputs:
     """The validated record an engine receives, built by hand (what ``check_loss_inputs`` will give)."""
     xp = array_api_compat.array_namespace(scores)
+    backend = type(scores).__module__.split(".")[0]  # "numpy" or "cupy"
     return LossInputs(xp, scores, y, weight, ignore_index, float(label_smoothing), reduction, False,
-                      None, "numpy", float(z_loss), softcap)
+                      None, backend, float(z_loss), softcap)
 
 
 def make_case(dtype, target, option, extra, *, n=37, c=13, seed=0, q_dtype=None):
