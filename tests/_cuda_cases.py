@@ -95,3 +95,28 @@ def assert_like_oracle(got, scores, y, dtype=None, floor=1e-30, **kw):
             np.asarray(a, dtype=np.float64), b64, rtol=rtol, atol=atol * max(scale, floor),
             err_msg=f"{name} differs from the oracle",
         )
+
+
+def kdim_case(dtype, target, shape, *, seed=0):
+    """K-dimensional scores ``(N, C, d1, …)`` with labels ``(N, d1, …)`` or probabilities, all options."""
+    rng = np.random.default_rng(seed)
+    n, c = shape[:2]
+    s = (rng.standard_normal(shape) * 3).astype(dtype)
+    s[0, :, 0] += 1e3  # one large position
+    kw = {"weight": (rng.random(c) + 0.25).astype(dtype), "label_smoothing": 0.1, "z_loss": 0.01,
+          "softcap": 6.0}
+    if target == "labels":
+        y = rng.integers(0, c, (n, *shape[2:])).astype(np.int64)
+        y.reshape(-1)[::5] = -100
+        kw["ignore_index"] = -100
+    else:
+        y = rng.random(shape).astype(dtype)
+    return s, y, kw
+
+
+def public_through(monkeypatch, engine):
+    """``xs.softmax_loss(..., engine="fused")`` on NumPy arrays runs ``engine`` (a twin-driven
+    CuPy driver) behind the public checks and the K-dim batching."""
+    import xsoftmax._dispatch as dispatch
+
+    monkeypatch.setattr(dispatch, "select_engine", lambda backend, name: engine)

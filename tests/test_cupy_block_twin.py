@@ -500,3 +500,19 @@ def test_block_twin_targets_catch_a_broken_kernel(twin_dir, mutant):
     got, _ = row_x(broken, twin_dir, s, y, reduction="none", **kw)
     with pytest.raises(AssertionError, match="differs from the oracle"):
         assert_like_oracle(got, s, y, reduction="none", **kw)
+
+
+@pytest.mark.parametrize("shape", [(3, 5, 7), (2, 40, 3, 5)], ids=["k1", "k2"])
+@pytest.mark.parametrize("target", ["labels", "probs"])
+def test_block_twin_k_dim_through_the_public_layer(launcher, twin_dir, monkeypatch, target, shape):
+    from _cuda_cases import kdim_case, public_through
+
+    def engine(inp, /, *, out=None):
+        return fused_row_softmax_loss(inp, launcher, TwinLauncher(twin_dir), np, limit_bytes=LIMIT, out=out)
+
+    public_through(monkeypatch, engine)
+    s, y, kw = kdim_case("float32", target, shape)
+    for reduction in REDUCTIONS:
+        got = xs.softmax_loss(s, y, reduction=reduction, engine="fused", **kw)
+        assert_like_oracle(got, s, y, reduction=reduction, **kw)
+        assert launcher.names[-1].startswith("xsoftmax_row_loss_x<float,")

@@ -367,3 +367,24 @@ def test_cpu_twin_targets_catch_an_altered_kernel(twin_dir, mutation):
     got = twin_fused(TwinLauncher(twin_dir, specs=specs), s, y, reduction="none", **kw)
     with pytest.raises(AssertionError, match="differs from the oracle"):
         assert_like_oracle(got, s, y, reduction="none", **kw)
+
+
+@pytest.mark.parametrize("shape", [(3, 5, 7), (2, 4, 3, 5)], ids=["k1", "k2"])
+@pytest.mark.parametrize("target", ["labels", "probs"])
+def test_cpu_twin_k_dim_through_the_public_layer(twin_dir, monkeypatch, target, shape):
+    # Per-sample (d, C) views with class stride d and the global D, V: no transposed copy.
+    from _cuda_cases import kdim_case, public_through
+
+    launcher = TwinLauncher(twin_dir)
+    seen = []
+
+    def engine(inp, /, *, out=None):
+        seen.append(inp.scores.strides[1] // inp.scores.itemsize)
+        return fused_softmax_loss(inp, launcher, out=out)
+
+    public_through(monkeypatch, engine)
+    s, y, kw = kdim_case("float32", target, shape)
+    for reduction in REDUCTIONS:
+        got = xs.softmax_loss(s, y, reduction=reduction, engine="fused", **kw)
+        assert_like_oracle(got, s, y, reduction=reduction, **kw)
+    assert set(seen) == {int(np.prod(shape[2:]))}  # the class stride d: strided views, not copies
