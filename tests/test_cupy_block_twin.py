@@ -21,7 +21,7 @@ import pytest
 from _block_twin import HEADER, BlockTwinLauncher, BlockTwinUnavailable, compiler
 
 import xsoftmax as xs
-from xsoftmax._engines._cuda_source import ROW_SOURCE
+from xsoftmax._engines._cuda_source import ROW_SOURCE, row_kernel_name
 from xsoftmax._engines.cupy import fused_row_softmax_loss, row_plan
 from xsoftmax._reduction import row_coefficients
 from xsoftmax._validate import check_loss_inputs, check_out
@@ -287,8 +287,9 @@ def test_block_twin_bfloat16_rows(launcher):
     plan = row_plan(n, c, 2, limit_bytes=LIMIT)
     lse, t = np.empty(n, np.float32), np.empty(n, np.float32)
     d = np.empty((n, c), np.uint16)
-    launcher(plan, "bfloat16", "int64", s16, c, y, n, c, a_rows, c_rows, a_rows,
-             np.ones(c, np.float32), 0, plan.group, lse, t, lse, d, c)
+    i64, i32 = np.int64, np.int32
+    launcher(plan, row_kernel_name("bfloat16", "int64"), s16, i64(c), y, i64(n), i64(c), a_rows, c_rows,
+             a_rows, np.ones(c, np.float32), i32(0), i32(plan.group), lse, t, lse, d, i64(c))
     grad = (d.astype(np.uint32) << 16).view(np.float32)
     ref_loss, ref_d = xs.softmax_loss(values.astype(np.float64), y, reduction="none", engine="reference")
     np.testing.assert_allclose(lse - t, ref_loss, rtol=1e-5, atol=1e-4)
@@ -361,3 +362,157 @@ def test_block_twin_cupy_launcher_passes_the_kernel_signature(monkeypatch, twin_
             assert type(arg) is np.int64, param
         else:
             assert param.startswith("int ") and type(arg) is np.int32, param
+
+
+# --- probability targets, z-loss and softcap (issue 15): xsoftmax_row_loss_x, against the oracle ---
+
+from _cuda_cases import assert_like_oracle, cases, loss_inputs, make_case  # noqa: E402
+
+
+def row_x(launcher, twin_dir, scores, y, *, out=None, limit_bytes=LIMIT, plan=None, **kw):
+    """The fused-row driver on a hand-built ``LossInputs`` (the new keywords included)."""
+    fallback = TwinLauncher(twin_dir)
+    result = fused_row_softmax_loss(loss_inputs(scores, y, **kw), launcher, fallback, np,
+                                    limit_bytes=limit_bytes, out=out, **(plan or {}))
+    return result, fallback.calls
+
+
+BLOCK_TARGET_CASES = [
+    *(("float32", r, *case) for case in cases() for r in ("mean", "none")),
+    *(("float16", "sum", t, "all", e) for t in ("labels", "probs") for e in ("z+cap", "cap")),
+    *(("float64", "mean", t, "all", "z+cap") for t in ("labels", "probs")),
+]
+
+
+@pytest.mark.parametrize("dtype,reduction,target,option,extra", BLOCK_TARGET_CASES,
+                         ids=["block_twin-" + "-".join(c) for c in BLOCK_TARGET_CASES])
+def test_block_twin_targets_match_oracle(launcher, twin_dir, dtype, reduction, target, option, extra):
+    s, y, kw = make_case(dtype, target, option, extra)
+    original = s.copy(), y.copy()
+    got, fallback = row_x(launcher, twin_dir, s, y, reduction=reduction, **kw)
+    assert fallback == []
+    assert_like_oracle(got, s, y, reduction=reduction, **kw)
+    np.testing.assert_array_equal(s, original[0])
+    np.testing.assert_array_equal(y, original[1])
+    cap = "true" if "softcap" in kw else "false"
+    if target == "probs":
+        assert launcher.names[-1].endswith(f"{cap}, true>")
+    else:  # softcap=None and z_loss=0 are the plain kernel (the existing tests)
+        assert launcher.names[-1].startswith("xsoftmax_row_loss_x<") and launcher.names[-1].endswith(
+            f"{cap}, false>")
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@pytest.mark.parametrize("dtype", ("float32", "float16"))
+@pytest.mark.parametrize("c,plan", [(1, {}), (45, {}), (700, {"per_thread": 4, "block_threads": 256})],
+                         ids=["C1", "C45", "C700-group256"])
+def test_block_twin_targets_adversarial_rows(launcher, twin_dir, dtype, c, plan):
+    # ±1e4 under a softcap (z = ±c, factor exactly 0), -inf masks (-c under the cap), q = 0 at a
+    # mask, C = 1, C not a multiple of 32, and a 256-thread group (cross-warp reductions).
+    for target in ("labels", "probs"):
+        s, y, kw = make_case(dtype, target, "all", "z+cap", n=12, c=c, seed=4)
+        if c > 1:
+            s[4, [0, 3, 5]] = -np.inf
+            s[6, :] = 1e4
+            s[7, 1] = -1e4
+            if target == "probs":
+                y[4, [0, 3]] = 0
+        floor = 1.0 if c == 1 else 1e-30
+        got, _ = row_x(launcher, twin_dir, s, y, reduction="none", plan=plan, **kw)
+        assert np.isfinite(got[1]).all()
+        assert_like_oracle(got, s, y, reduction="none", floor=floor, **kw)
+        if c > 1 and plan:
+            assert launcher.plans[-1].group == 256
+        kw.pop("softcap")
+        kw["label_smoothing"] = 0.0
+        if dtype == "float16":
+            kw.pop("z_loss")  # ζ lse² at lse = 1e4 is 5e6: past float16's range
+        got, _ = row_x(launcher, twin_dir, s, y, reduction="none", plan=plan, **kw)
+        assert_like_oracle(got, s, y, reduction="none", floor=floor, **kw)
+        if c > 1 and target == "probs":
+            assert np.isnan(got[0][4]) and np.isfinite(got[1][4]).all()  # 0 · inf, as torch
+
+
+@pytest.mark.parametrize("target", ("labels", "probs"))
+def test_block_twin_targets_out_in_place_and_strided(launcher, twin_dir, target):
+    s, y, kw = make_case("float16", target, "all", "z+cap", n=20, c=45, seed=2)
+    ref = row_x(launcher, twin_dir, s, y, **kw)[0]
+    assert_like_oracle(ref, s, y, **kw)
+
+    inplace = s.copy()
+    loss, d = row_x(launcher, twin_dir, inplace, y, out=inplace, **kw)[0]
+    assert d is inplace
+    np.testing.assert_array_equal(d, ref[1])
+    np.testing.assert_array_equal(loss, ref[0])
+
+    # Rows (and probability rows) of larger buffers, read through their row strides.
+    big = np.zeros((40, 45), s.dtype)
+    big[::2] = s
+    ys = y
+    if target == "probs":
+        qbig = np.zeros((20, 60), y.dtype)
+        qbig[:, 5:50] = y
+        ys = qbig[:, 5:50]
+    out_big = np.full((20, 90), 7, s.dtype)
+    loss, d = row_x(launcher, twin_dir, big[::2], ys, out=out_big[:, 10:55], **kw)[0]
+    np.testing.assert_array_equal(d, ref[1])
+    assert (out_big[:, :10] == 7).all() and (out_big[:, 55:] == 7).all()
+
+    # Transposed (class-strided) scores and probabilities: copied once, equal results.
+    yt = np.asfortranarray(y) if target == "probs" else y
+    got = row_x(launcher, twin_dir, np.asfortranarray(s), yt, **kw)[0]
+    np.testing.assert_array_equal(got[1], ref[1])
+
+
+def test_block_twin_probabilities_on_chip_and_other_dtypes(launcher, twin_dir):
+    # float16 scores with float64 probabilities: q is read as float32 (one cast), staged on chip
+    # after the scores (2 + 4 bytes a class, 16 bytes of alignment); a row past the limit runs
+    # the fused kernels.
+    s, y, kw = make_case("float16", "probs", "all", "z+cap", n=9, c=50, q_dtype="float64")
+    got, fallback = row_x(launcher, twin_dir, s, y, reduction="sum", **kw)
+    assert fallback == [] and ", float, true, true>" in launcher.names[-1]
+    assert_like_oracle(got, s, y, reduction="sum", **kw)
+    c_fit = (4096 - 768 - 16) // 6
+    for c, runs_row in ((c_fit, True), (c_fit + 1, False)):
+        s, y, kw = make_case("float16", "probs", "smooth", "z+cap", n=6, c=c, q_dtype="float32")
+        got, fallback = row_x(launcher, twin_dir, s, y, reduction="none", limit_bytes=4096, **kw)
+        assert fallback == ([] if runs_row else ["lse_cap", "prob_cap", "grad_prob_cap"])
+        assert_like_oracle(got, s, y, reduction="none", **kw)
+
+
+X_MUTANTS = {
+    # the softcap's chain factor left out of the row gradient
+    "no-cap-factor": ("if constexpr (CAP) g *= ((F)1 - th) * ((F)1 + th);", ""),
+    # Q read without the class weights
+    "unweighted-q": ("qsum[0] += w[k] * qk;", "qsum[0] += qk;"),
+    # z-loss term without the shift: c + zc l instead of c + zc (m + l)
+    "lse-without-m": ("cc += coef_zc[row] * (m + l);", "cc += coef_zc[row] * l;"),
+}
+
+
+@pytest.mark.parametrize("mutant", sorted(X_MUTANTS))
+def test_block_twin_targets_catch_a_broken_kernel(twin_dir, mutant):
+    old, new = X_MUTANTS[mutant]
+    assert ROW_SOURCE.count(old) == 1
+    broken = BlockTwinLauncher(twin_dir, ROW_SOURCE.replace(old, new))
+    s, y, kw = make_case("float32", "probs", "weight", "z+cap", n=8, c=40, seed=9)
+    s += 3.0  # the row maximum matters to the z-loss
+    got, _ = row_x(broken, twin_dir, s, y, reduction="none", **kw)
+    with pytest.raises(AssertionError, match="differs from the oracle"):
+        assert_like_oracle(got, s, y, reduction="none", **kw)
+
+
+@pytest.mark.parametrize("shape", [(3, 5, 7), (2, 40, 3, 5)], ids=["k1", "k2"])
+@pytest.mark.parametrize("target", ["labels", "probs"])
+def test_block_twin_k_dim_through_the_public_layer(launcher, twin_dir, monkeypatch, target, shape):
+    from _cuda_cases import kdim_case, public_through
+
+    def engine(inp, /, *, out=None):
+        return fused_row_softmax_loss(inp, launcher, TwinLauncher(twin_dir), np, limit_bytes=LIMIT, out=out)
+
+    public_through(monkeypatch, engine)
+    s, y, kw = kdim_case("float32", target, shape)
+    for reduction in REDUCTIONS:
+        got = xs.softmax_loss(s, y, reduction=reduction, engine="fused", **kw)
+        assert_like_oracle(got, s, y, reduction=reduction, **kw)
+        assert launcher.names[-1].startswith("xsoftmax_row_loss_x<float,")

@@ -233,3 +233,158 @@ def test_cpu_twin_many_classes(twin_dir, dtype):
 def test_cpu_twin_importing_the_engine_does_not_import_cupy():
     code = "import sys, xsoftmax._engines.cupy; sys.exit('cupy' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+# --- probability targets, z-loss and softcap (issue 15), against the float64 oracle ---
+
+from _cuda_cases import assert_like_oracle, cases, loss_inputs, make_case  # noqa: E402
+
+from xsoftmax._engines._cuda_source import GRAD_CAP, PROB  # noqa: E402
+
+
+def twin_fused(launcher, scores, y, *, out=None, **kw):
+    """The fused driver on a hand-built ``LossInputs`` (the new keywords included)."""
+    return fused_softmax_loss(loss_inputs(scores, y, **kw), launcher, out=out)
+
+
+def expected_launches(target, kw):
+    sfx = "_cap" if kw.get("softcap") is not None else ""
+    if target == "probs":
+        return ["lse" + sfx, "prob" + sfx, "grad_prob" + sfx]
+    smooth = ["smooth" + sfx] if kw.get("label_smoothing") else []
+    return ["lse" + sfx, *smooth, "grad" + sfx]
+
+
+TARGET_CASES = [
+    *(("float32", r, *case) for case in cases() for r in REDUCTIONS),
+    *((d, r, t, "all", e) for d in ("float16", "float64") for r in ("mean", "none")
+      for t in ("labels", "probs") for e in ("z+cap", "cap" if t == "labels" else "none")),
+]
+
+
+@pytest.mark.parametrize("dtype,reduction,target,option,extra", TARGET_CASES,
+                         ids=["-".join(c) for c in TARGET_CASES])
+def test_cpu_twin_targets_match_oracle(twin_dir, dtype, reduction, target, option, extra):
+    s, y, kw = make_case(dtype, target, option, extra)
+    launcher = TwinLauncher(twin_dir)
+    original = s.copy(), y.copy()
+    got = twin_fused(launcher, s, y, reduction=reduction, **kw)
+    assert_like_oracle(got, s, y, reduction=reduction, **kw)
+    np.testing.assert_array_equal(s, original[0])
+    np.testing.assert_array_equal(y, original[1])
+    # softcap=None and z_loss=0 add no pass; a probability row is one more read (with q).
+    assert launcher.calls == expected_launches(target, kw)
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@pytest.mark.parametrize("partials", [1, 32])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cpu_twin_targets_adversarial_rows(twin_dir, dtype, partials):
+    # ±1e4 under a softcap stay finite (z = ±c, factor 0); -inf masks become -c; a -inf logit
+    # where q = 0 is a NaN loss with a finite gradient (torch); C = 1; C not a multiple of 32.
+    for c in (1, 45):
+        for target in ("labels", "probs"):
+            s, y, kw = make_case(dtype, target, "all", "z+cap", n=12, c=c, seed=4)
+            if c > 1:
+                s[4, [0, 3, 5]] = -np.inf
+                s[6, :] = 1e4
+                s[7, 1] = -1e4
+                if target == "probs":
+                    y[4, [0, 3]] = 0
+            got = twin_fused(TwinLauncher(twin_dir, partials=partials), s, y, reduction="none", **kw)
+            assert np.isfinite(got[1]).all()
+            # C = 1: the CE gradient c p − a − b w is 0 up to rounding, and so the whole scale.
+            floor = 1.0 if c == 1 else 1e-30
+            assert_like_oracle(got, s, y, reduction="none", floor=floor, **kw)
+            # Without a cap the masks stay -inf: a probability row with q = 0 there has a NaN loss.
+            kw.pop("softcap")
+            if dtype == "float16":
+                kw.pop("z_loss")  # ζ lse² at lse = 1e4 is 5e6: past float16's range
+            got = twin_fused(TwinLauncher(twin_dir, partials=partials), s, y, reduction="none", **kw)
+            assert_like_oracle(got, s, y, reduction="none", floor=floor, **kw)
+            if c > 1 and target == "probs":
+                # Smoothing mixes q' = (1 - ε) q + ε/C > 0 first (torch): +inf, finite gradient;
+                # without it, q = 0 at the mask is 0 · inf = NaN, the gradient still finite.
+                assert np.isposinf(got[0][4]) and np.isfinite(got[1][4]).all()
+                kw["label_smoothing"] = 0.0
+                got = twin_fused(TwinLauncher(twin_dir, partials=partials), s, y, reduction="none", **kw)
+                assert_like_oracle(got, s, y, reduction="none", **kw)
+                assert np.isnan(got[0][4]) and np.isfinite(got[1][4]).all()
+
+
+@pytest.mark.parametrize("target", ["labels", "probs"])
+def test_cpu_twin_targets_out_strided_and_in_place(twin_dir, target):
+    s, y, kw = make_case("float32", target, "all", "z+cap", n=20, c=11)
+    ref = twin_fused(TwinLauncher(twin_dir), s, y, **kw)
+    # Transposed scores and probabilities, a transposed out= buffer.
+    out = np.empty((11, 20), dtype=np.float32).T
+    ys = np.asfortranarray(y) if target == "probs" else y
+    got = twin_fused(TwinLauncher(twin_dir), np.asfortranarray(s), ys, out=out, **kw)
+    assert got[1] is out
+    np.testing.assert_array_equal(got[1], ref[1])
+    assert_like_oracle(got, s, y, **kw)
+    # out=scores: the gradient overwrites the scores.
+    work = s.copy()
+    loss, d = twin_fused(TwinLauncher(twin_dir), work, y, out=work, **kw)
+    assert d is work
+    np.testing.assert_array_equal(d, ref[1])
+    np.testing.assert_array_equal(loss, ref[0])
+
+
+def test_cpu_twin_probabilities_of_another_dtype(twin_dir):
+    # float16 scores with float64 probabilities: q is read as float32 inside the kernels.
+    s, y, kw = make_case("float16", "probs", "all", "z+cap", q_dtype="float64")
+    got = twin_fused(TwinLauncher(twin_dir), s, y, reduction="sum", **kw)
+    assert_like_oracle(got, s, y, reduction="sum", **kw)
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_cpu_twin_z_loss_all_rows_ignored(twin_dir):
+    s, y, kw = make_case("float32", "labels", "ignore", "z")
+    y[:] = 2
+    loss, d = twin_fused(TwinLauncher(twin_dir), s, y, **kw)
+    assert np.isnan(loss) and not np.any(d)  # 0/0 like torch; exactly zero gradient
+    loss, d = twin_fused(TwinLauncher(twin_dir), s, y, reduction="sum", **kw)
+    assert loss == 0 and not np.any(d)
+
+
+TARGET_MUTATIONS = {
+    # the softcap's chain factor left out of the gradient
+    "grad-cap-factor": ("grad_cap", "operation", GRAD_CAP.operation, "xsoftmax_softcap_grad(", "("),
+    # Q without the class weights
+    "prob-weights": ("prob", "map_expr", PROB.map_expr, ", w, (F)q, qa, qb)", ", (F)1, (F)q, qa, qb)"),
+}
+
+
+@pytest.mark.parametrize("mutation", sorted(TARGET_MUTATIONS))
+def test_cpu_twin_targets_catch_an_altered_kernel(twin_dir, mutation):
+    key, field, text, old, new = TARGET_MUTATIONS[mutation]
+    assert old in text, "the mutated fragment is gone from the kernel: update this test"
+    specs = dict(KERNELS)
+    specs[key] = specs[key]._replace(**{field: text.replace(old, new)})
+    target, extra = ("probs", "none") if key == "prob" else ("labels", "cap")
+    s, y, kw = make_case("float32", target, "all", extra)
+    got = twin_fused(TwinLauncher(twin_dir, specs=specs), s, y, reduction="none", **kw)
+    with pytest.raises(AssertionError, match="differs from the oracle"):
+        assert_like_oracle(got, s, y, reduction="none", **kw)
+
+
+@pytest.mark.parametrize("shape", [(3, 5, 7), (2, 4, 3, 5)], ids=["k1", "k2"])
+@pytest.mark.parametrize("target", ["labels", "probs"])
+def test_cpu_twin_k_dim_through_the_public_layer(twin_dir, monkeypatch, target, shape):
+    # Per-sample (d, C) views with class stride d and the global D, V: no transposed copy.
+    from _cuda_cases import kdim_case, public_through
+
+    launcher = TwinLauncher(twin_dir)
+    seen = []
+
+    def engine(inp, /, *, out=None):
+        seen.append(inp.scores.strides[1] // inp.scores.itemsize)
+        return fused_softmax_loss(inp, launcher, out=out)
+
+    public_through(monkeypatch, engine)
+    s, y, kw = kdim_case("float32", target, shape)
+    for reduction in REDUCTIONS:
+        got = xs.softmax_loss(s, y, reduction=reduction, engine="fused", **kw)
+        assert_like_oracle(got, s, y, reduction=reduction, **kw)
+    assert set(seen) == {int(np.prod(shape[2:]))}  # the class stride d: strided views, not copies

@@ -89,7 +89,8 @@ def cupy_source(kernel, spec, scores: str, labels: str, layout: str) -> str:
     (ArgInfo, TypeMap, elementwise_code, reduction_code, decide, CScalar, Indexer,
      headers) = _generators()
     compute = "float32" if scores == "float16" else scores
-    bind = {"T": scores, "I": labels, "F": compute}
+    # Probability targets (Q) of the scores' type, or float64 in the strided layout (a cast in-kernel).
+    bind = {"T": scores, "I": labels, "F": compute, "Q": scores if layout == "contiguous" else "float64"}
     wide = layout == "strided"  # > 2^31 elements: non-contiguous views, 64-bit indexers
     ndim = 2 if wide else 1  # CuPy squashes all-contiguous operands to 1-D
 
@@ -182,10 +183,20 @@ def test_nvrtc_engine_ships_exactly_the_spec_strings(engine_kernels):
             assert (kernel.identity, kernel.reduce_type) == (spec.identity, spec.reduce_type)
 
 
+#: The plain kernels in every (scores, layout) pair; the options' kernels (softcap ``_cap``,
+#: probabilities ``prob``) in each score type once, the layouts alternating (compile time).
+PLAIN_KEYS = ("grad", "lse", "smooth")
+COMPILE_CASES = [
+    (key, scores, layout, labels)
+    for key in sorted(KERNELS)
+    for scores in SCORE_DTYPES
+    for layout, labels in LAYOUTS
+    if key in PLAIN_KEYS or (layout == "strided") == (scores != "float32")
+]
+
+
 @pytest.mark.parametrize("arch", ARCHS)
-@pytest.mark.parametrize("layout,labels", LAYOUTS, ids=[f"{a}-{b}" for a, b in LAYOUTS])
-@pytest.mark.parametrize("scores", SCORE_DTYPES)
-@pytest.mark.parametrize("key", sorted(KERNELS))
+@pytest.mark.parametrize("key,scores,layout,labels", COMPILE_CASES, ids=["-".join(c) for c in COMPILE_CASES])
 def test_nvrtc_compiles_every_kernel(
     nvrtc, options, engine_kernels, key, scores, layout, labels, arch
 ):
@@ -259,9 +270,12 @@ def test_nvrtc_row_module_ships_the_row_source():
 def test_nvrtc_compiles_the_row_kernel(nvrtc, options, arch):
     cubin, lowered = compile_row(nvrtc, options, arch)
     assert len(cubin) > 0
-    # Every dtype pair is instantiated: 4 score types x 2 label types.
-    assert len(set(lowered)) == len(ROW_KERNEL_NAMES) == 8
-    assert all(name.startswith("_Z17xsoftmax_row_loss") for name in lowered)
+    # Every dtype pair is instantiated: 4 score types x 2 label types for the plain kernel; the
+    # options' kernel adds softcap on/off for labels and for probabilities (of the scores' type
+    # or of float32 for 16-bit scores): 8 + 16 + 12.
+    assert len(set(lowered)) == len(ROW_KERNEL_NAMES) == 36
+    assert sum(name.startswith("_Z17xsoftmax_row_loss") for name in lowered) == 8
+    assert sum(name.startswith("_Z19xsoftmax_row_loss_x") for name in lowered) == 28
 
 
 def test_nvrtc_rejects_a_broken_row_kernel(nvrtc, options):

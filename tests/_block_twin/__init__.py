@@ -6,8 +6,10 @@
 engine hands to ``cupy.RawModule``) after ``cuda_block.h``, which gives each
 CUDA thread of a block an OS thread, ``__syncthreads`` a real barrier and the
 warp shuffles their lane semantics (see the header). One ``extern "C"``
-wrapper per instantiation ``xsoftmax_row_loss<T, I>`` is appended, as
-``RawModule``'s name expressions instantiate them on the GPU.
+wrapper per name expression of ``ROW_KERNEL_NAMES`` is appended, as
+``RawModule``'s name expressions instantiate them on the GPU; it takes the
+arguments as CUDA's ``kernelParams`` (pointers to each value) and checks
+their count and sizes against the kernel's own parameter list.
 
 Not modelled: FMA contraction and CUDA's ``expf``/``logf`` ulps (the tests
 allow the dtype's rounding), and warps running truly in lockstep (the twin's
@@ -26,43 +28,62 @@ from typing import Any
 
 import numpy as np
 
-from xsoftmax._engines._cuda_source import ROW_LABEL_TYPES, ROW_SCORE_TYPES, ROW_SOURCE
+from xsoftmax._engines._cuda_source import ROW_KERNEL_NAMES, ROW_SOURCE
 from xsoftmax._engines.cupy import RowPlan
 
 HEADER = os.path.join(os.path.dirname(__file__), "cuda_block.h")
 
-#: The kernel's parameters after the launch configuration, as ctypes types.
-_P, _LL, _I = ctypes.c_void_p, ctypes.c_longlong, ctypes.c_int
-ARGTYPES = [ctypes.c_uint, ctypes.c_uint, ctypes.c_size_t,
-            _P, _LL, _P, _LL, _LL, _P, _P, _P, _P, _I, _I, _P, _P, _P, _P, _LL]
+#: ctypes type of each typed scalar the driver passes (as a CUDA launch takes them).
+SCALARS = {
+    np.dtype(np.int32): ctypes.c_int, np.dtype(np.int64): ctypes.c_longlong,
+    np.dtype(np.float32): ctypes.c_float, np.dtype(np.float64): ctypes.c_double,
+}
+
+#: Calls a kernel from an array of pointers to its arguments (CUDA's ``kernelParams``), after
+#: checking their count and sizes against the kernel's own parameter list.
+INVOKE = r"""
+#include <cstddef>
+#include <type_traits>
+#include <utility>
+namespace twin {
+template <typename... A, std::size_t... J>
+void invoke_at(void (*k)(A...), void* const* a, std::index_sequence<J...>) {
+  k(*(std::remove_cv_t<std::remove_reference_t<A>>*)a[J]...);
+}
+template <typename... A>
+int invoke(unsigned grid, unsigned threads, std::size_t shared, void (*k)(A...), void* const* a,
+           const std::size_t* sizes, int count) {
+  const std::size_t expected[] = {sizeof(A)...};
+  if (count != (int)sizeof...(A)) return -1;
+  for (int j = 0; j < count; ++j)
+    if (sizes[j] != expected[j]) return j + 1;
+  launch(grid, threads, shared, [=] { invoke_at(k, a, std::index_sequence_for<A...>{}); });
+  return 0;
+}
+}  // namespace twin
+"""
 
 
 class BlockTwinUnavailable(RuntimeError):
     """No C++20 compiler with ``<barrier>`` and ``_Float16`` here (the reason is the message)."""
 
 
-def _tag(scores: str, labels: str) -> str:
-    return f"{scores}_{labels}"
+def symbol(name: str) -> str:
+    """The C wrapper's name for a kernel name expression (``xsoftmax_row_loss<float, int>``)."""
+    return "twin_" + "".join(ch if ch.isalnum() else "_" for ch in name)
 
 
 def source(kernel_source: str = ROW_SOURCE) -> str:
     """The translation unit: the header, the kernel text, one C wrapper per instantiation."""
-    wrappers = []
-    for scores, T in ROW_SCORE_TYPES.items():
-        for labels, I_ in ROW_LABEL_TYPES.items():
-            F = "double" if scores == "float64" else "float"
-            wrappers.append(f"""
-extern "C" void twin_row_{_tag(scores, labels)}(
-    unsigned grid, unsigned threads, size_t shared, const void* s, long long s_stride,
-    const void* y, long long n, long long c, const void* a, const void* cc, const void* b,
-    const void* w, int smooth, int group, void* l, void* t, void* u, void* d, long long d_stride) {{
-  twin::launch(grid, threads, shared, [=] {{
-    xsoftmax_row_loss<{T}, {I_}>((const {T}*)s, s_stride, (const {I_}*)y, n, c, (const {F}*)a,
-        (const {F}*)cc, (const {F}*)b, (const {F}*)w, smooth, group, ({F}*)l, ({F}*)t, ({F}*)u,
-        ({T}*)d, d_stride);
-  }});
-}}""")
-    return f'#include "{HEADER}"\n' + kernel_source + "\n".join(wrappers) + "\n"
+    wrappers = [
+        f"""
+extern "C" int {symbol(name)}(unsigned grid, unsigned threads, size_t shared, void* const* a,
+                          const size_t* sizes, int count) {{
+  return twin::invoke(grid, threads, shared, &{name}, a, sizes, count);
+}}"""
+        for name in ROW_KERNEL_NAMES
+    ]
+    return f'#include "{HEADER}"\n' + INVOKE + kernel_source + "\n".join(wrappers) + "\n"
 
 
 @functools.cache
@@ -103,19 +124,24 @@ class BlockTwinLauncher:
     def __init__(self, cache_dir: str, kernel_source: str = ROW_SOURCE):
         self.lib = build(source(kernel_source), cache_dir)
         self.plans: list[RowPlan] = []
+        self.names: list[str] = []
 
-    def __call__(self, plan: RowPlan, scores: str, labels: str, *args: Any) -> None:
-        fn = getattr(self.lib, f"twin_row_{_tag(scores, labels)}")
-        fn.restype = None
-        fn.argtypes = ARGTYPES
-        keep = []
-        cargs: list[Any] = [plan.grid, plan.threads, plan.shared_bytes]
+    def __call__(self, plan: RowPlan, name: str, *args: Any) -> None:
+        fn = getattr(self.lib, symbol(name))
+        fn.restype = ctypes.c_int
+        keep, sizes = [], []
         for a in args:
             if isinstance(a, np.ndarray):
-                keep.append(a)
                 # A row-strided view: the kernel is handed the address of element [0, 0].
-                cargs.append(a.__array_interface__["data"][0])
+                value: Any = ctypes.c_void_p(a.__array_interface__["data"][0])
             else:
-                cargs.append(int(a))
-        fn(*cargs)
+                assert isinstance(a, np.generic), f"{name}: untyped scalar argument {a!r}"
+                value = SCALARS[a.dtype](a.item())
+            keep.append(value)
+            sizes.append(ctypes.sizeof(value))
+        ptrs = (ctypes.c_void_p * len(keep))(*[ctypes.addressof(v) for v in keep])
+        size_arr = (ctypes.c_size_t * len(keep))(*sizes)
+        err = fn(plan.grid, plan.threads, plan.shared_bytes, ptrs, size_arr, len(keep))
+        assert err == 0, f"{name}: {len(keep)} arguments, mismatch at {err} (-1: count)"
         self.plans.append(plan)
+        self.names.append(name)

@@ -23,6 +23,15 @@ type: float32 for float16 scores, else the scores' own type):
   temporary: ``d_ik = c_i exp(s_ik − m_i − l_i) − a_i 1[k = y_i] − b_i w_k``
   with the per-row coefficients of :mod:`xsoftmax._reduction`.
 
+Issue 15's options are separate kernels, so the plain ones above run unchanged:
+softcap (``z = c tanh(s/c)``) is read inside the element load of the ``_cap``
+variants (:data:`LSE_CAP`, :data:`SMOOTH_CAP`, :data:`PROB_CAP`) and its factor
+``1 − tanh²(s/c)`` multiplies the gradient in :data:`GRAD_CAP` /
+:data:`GRAD_PROB_CAP`; probability targets ``q`` get one reduction over the row
+and ``q`` (:data:`PROB`: ``Q_i`` and ``uq'_i``) and a gradient reading ``q``
+(:data:`GRAD_PROB`: ``T_ik = w_k q_ik``); z-loss only changes ``c_i`` to
+``c_i + zc_i lse_i`` on the host.
+
 The loss (``row_loss`` / ``reduce_loss``) is assembled from ``l, t, u`` by the
 shared Array API code. Labels are only ever *compared* with the class index,
 never used as an index, so no label value can make a kernel read out of
@@ -34,19 +43,28 @@ from __future__ import annotations
 from typing import NamedTuple
 
 __all__ = [
+    "ElementwiseSpec",
     "GRAD",
+    "GRAD_CAP",
+    "GRAD_PROB",
+    "GRAD_PROB_CAP",
     "KERNELS",
     "LSE",
+    "LSE_CAP",
     "PREAMBLE",
+    "PROB",
+    "PROB_CAP",
     "ROW_KERNEL_NAMES",
     "ROW_LABEL_TYPES",
     "ROW_SCORE_TYPES",
     "ROW_SCRATCH_BYTES",
     "ROW_SOURCE",
-    "SMOOTH",
-    "ElementwiseSpec",
     "ReductionSpec",
+    "SMOOTH",
+    "SMOOTH_CAP",
     "row_kernel_name",
+    "row_kernel_x_name",
+    "row_probability_types",
 ]
 
 #: Device helpers shared by every kernel. ``__int_as_float`` (a CUDA
@@ -103,6 +121,53 @@ __device__ __forceinline__ void xsoftmax_lse_finish(
   m = isfinite(a.m) ? a.m : (F)0;
   l = a.m == xsoftmax_inf<F>() ? a.m : log(a.d);
   t = a.t - m;
+}
+
+// softcap: z = c tanh(s / c). -inf becomes -c, NaN stays NaN, +-1e4 gives +-c.
+template <typename F>
+__device__ __forceinline__ F xsoftmax_softcap(F x, F cap) {
+  return cap * tanh(x / cap);
+}
+
+// Probability targets: the row sums (Q, uq') = sum_k (w_k q_k, w_k q'_k x_k), x = z - m, with
+// q' = qa q + qb = (1 - eps) q + eps / C mixed first, as torch does: a -inf logit where q' = 0
+// gives 0 * -inf = NaN (torch's -sum w q log_softmax), where q' > 0 +inf.
+template <typename F>
+struct xsoftmax_prob_sums {
+  F q;
+  F uq;
+};
+
+template <typename F>
+__device__ __forceinline__ xsoftmax_prob_sums<F> xsoftmax_prob_zero() {
+  xsoftmax_prob_sums<F> r = {(F)0, (F)0};
+  return r;
+}
+
+template <typename F>
+__device__ __forceinline__ xsoftmax_prob_sums<F> xsoftmax_prob_leaf(F x, F w, F q, F qa, F qb) {
+  xsoftmax_prob_sums<F> r = {w * q, w * (qa * q + qb) * x};
+  return r;
+}
+
+template <typename F>
+__device__ __forceinline__ xsoftmax_prob_sums<F> xsoftmax_prob_add(
+    const xsoftmax_prob_sums<F>& a, const xsoftmax_prob_sums<F>& b) {
+  xsoftmax_prob_sums<F> r = {a.q + b.q, a.uq + b.uq};
+  return r;
+}
+
+// The gradient of one element before the softcap factor:
+// (c + zc lse) p - a T - b w, with the row's c already holding zc lse.
+template <typename F>
+__device__ __forceinline__ F xsoftmax_grad_value(F z, F m, F l, F c, F a_target, F b_w) {
+  return c * exp(z - m - l) - a_target - b_w;
+}
+
+// d = g * dz/ds with t = tanh(s / c): (1 - t)(1 + t), accurate near saturation.
+template <typename F>
+__device__ __forceinline__ F xsoftmax_softcap_grad(F g, F t) {
+  return g * (((F)1 - t) * ((F)1 + t));
 }
 """
 
@@ -171,8 +236,91 @@ GRAD = ElementwiseSpec(
     ),
 )
 
-#: Every kernel the engine ships, by the key the engine launches it with.
-KERNELS: dict[str, ReductionSpec | ElementwiseSpec] = {"lse": LSE, "smooth": SMOOTH, "grad": GRAD}
+# --- probability targets and softcap: new kernels, so the plain ones above stay as they are ---
+
+_CAPPED = "xsoftmax_softcap<F>((F)s, cap)"
+
+#: :data:`LSE` on the capped logits ``z = c tanh(s/c)`` (``cap`` is a 0-d ``F`` array).
+LSE_CAP = LSE._replace(
+    name="xsoftmax_row_lse_cap",
+    in_params="T s, I y, int64 k, F cap",
+    map_expr=f"xsoftmax_lse_leaf<F>({_CAPPED}, k == y)",
+)
+
+#: :data:`SMOOTH` on the capped logits.
+SMOOTH_CAP = SMOOTH._replace(
+    name="xsoftmax_row_smooth_sum_cap",
+    in_params="T s, F m, F w, F cap",
+    map_expr=f"w * ({_CAPPED} - m)",
+)
+
+#: Probability targets ``q`` (``Q``: any floating type, read as ``F``): one read of the row and
+#: of ``q`` gives ``Q_i = Σ_k w_k q_ik`` and ``uq'_i = Σ_k w_k q'_ik (s_ik − m_i)`` with the
+#: smoothed ``q' = qa q + qb = (1 − ε) q + ε/C`` (0-d ``qa``, ``qb``; ``1``, ``0`` without smoothing).
+PROB = ReductionSpec(
+    name="xsoftmax_row_prob_sums",
+    in_params="T s, Q q, F m, F w, F qa, F qb",
+    out_params="F qs, F uq",
+    map_expr="xsoftmax_prob_leaf<F>((F)s - m, w, (F)q, qa, qb)",
+    reduce_expr="xsoftmax_prob_add(a, b)",
+    post_map_expr="qs = a.q, uq = a.uq",
+    identity="xsoftmax_prob_zero<F>()",
+    reduce_type="xsoftmax_prob_sums<F>",
+)
+
+#: :data:`PROB` on the capped logits.
+PROB_CAP = PROB._replace(
+    name="xsoftmax_row_prob_sums_cap",
+    in_params="T s, Q q, F m, F w, F qa, F qb, F cap",
+    map_expr=f"xsoftmax_prob_leaf<F>({_CAPPED} - m, w, (F)q, qa, qb)",
+)
+
+_ROW_CLASS = "const ptrdiff_t row = i / num_classes, k = i - row * num_classes;\n"
+_RAW_ROWS = "raw F m, raw F l, raw F a, raw F c, raw F b, raw F w, int64 num_classes"
+
+#: :data:`GRAD` chained through the softcap: ``d = [c e^{z − m − l} − a 1[k = y] − b w_k](1 − t²)``
+#: with ``t = tanh(s/c)``, ``z = c t``.
+GRAD_CAP = ElementwiseSpec(
+    name="xsoftmax_softmax_grad_cap",
+    in_params=f"T s, raw I y, {_RAW_ROWS}, F cap",
+    out_params="T d",
+    operation=(
+        _ROW_CLASS + "const F t = tanh((F)s / cap);\n"
+        "d = (T)xsoftmax_softcap_grad(xsoftmax_grad_value(cap * t, m[row], l[row], c[row],"
+        " k == y[row] ? a[row] : (F)0, b[row] * w[k]), t);"
+    ),
+)
+
+#: The gradient for probability targets: ``d = c_i e^{s − m − l} − a_i w_k q_ik − b_i w_k``
+#: (``c_i = a Q_i + b W``, plus the z-loss ``zc_i lse_i``, computed by the driver).
+GRAD_PROB = ElementwiseSpec(
+    name="xsoftmax_softmax_grad_prob",
+    in_params=f"T s, Q q, {_RAW_ROWS}",
+    out_params="T d",
+    operation=(
+        _ROW_CLASS + "d = (T)xsoftmax_grad_value((F)s, m[row], l[row], c[row],"
+        " a[row] * (w[k] * (F)q), b[row] * w[k]);"
+    ),
+)
+
+#: :data:`GRAD_PROB` chained through the softcap.
+GRAD_PROB_CAP = ElementwiseSpec(
+    name="xsoftmax_softmax_grad_prob_cap",
+    in_params=f"T s, Q q, {_RAW_ROWS}, F cap",
+    out_params="T d",
+    operation=(
+        _ROW_CLASS + "const F t = tanh((F)s / cap);\n"
+        "d = (T)xsoftmax_softcap_grad(xsoftmax_grad_value(cap * t, m[row], l[row], c[row],"
+        " a[row] * (w[k] * (F)q), b[row] * w[k]), t);"
+    ),
+)
+
+#: Every kernel the engine ships, by the key the engine launches it with (``_cap``: softcap).
+KERNELS: dict[str, ReductionSpec | ElementwiseSpec] = {
+    "lse": LSE, "smooth": SMOOTH, "grad": GRAD,
+    "lse_cap": LSE_CAP, "smooth_cap": SMOOTH_CAP, "prob": PROB, "prob_cap": PROB_CAP,
+    "grad_cap": GRAD_CAP, "grad_prob": GRAD_PROB, "grad_prob_cap": GRAD_PROB_CAP,
+}
 
 
 #: Bytes at the start of the row kernel's dynamic shared memory that hold the
@@ -193,6 +341,14 @@ ROW_SCRATCH_BYTES = 3 * 32 * 8
 #: 3. from shared memory: ``d_k = c e^{s_k − m − l} − a 1[k = y] − b w_k``,
 #:    written once, through the row stride of ``d`` (``d`` may be ``s``: the
 #:    row is in shared memory before any of it is written).
+#:
+#: ``xsoftmax_row_loss_x<T, I, P, CAP, PROB>`` runs the same body with the options:
+#: ``CAP`` reads ``z = c tanh(s/c)`` from the staged row in each pass and multiplies the
+#: gradient by ``1 − tanh²``; ``PROB`` stages the row of ``q`` (type ``P``) after every
+#: row's scores (16-byte aligned), so ``q`` too is read once, and reduces ``Q`` and
+#: ``uq'`` (``q' = qa q + qb``, torch's smoothing order) with ``c = a Q + b W``; ``zloss``
+#: adds ``zc (m + l)`` to ``c`` and writes ``m``. The plain kernel is the body with every
+#: flag off, its arithmetic unchanged.
 #:
 #: Every thread of a block runs every shuffle and barrier (rows past ``n``
 #: take part with identity values), as ``__shfl_xor_sync(0xffffffff, ...)``
@@ -267,21 +423,47 @@ __device__ __forceinline__ void xsoftmax_group_reduce(F (&v)[K], int group, F* s
   }
 }
 
-template <typename T, typename I>
-__global__ void xsoftmax_row_loss(
-    const T* s, long long s_row_stride, const I* y, long long n, long long c,
+__device__ __forceinline__ float xsoftmax_tanh(float x) { return tanhf(x); }
+__device__ __forceinline__ double xsoftmax_tanh(double x) { return tanh(x); }
+
+// z = c tanh(s / c) under a softcap (CAP), else s itself (nothing computed).
+template <bool CAP, typename F>
+__device__ __forceinline__ F xsoftmax_row_z(F x, F cap) {
+  if constexpr (CAP) {
+    return cap * xsoftmax_tanh(x / cap);
+  } else {
+    return x;
+  }
+}
+
+// The body of both row kernels. CAP: softcap; PROB: probability targets q (of type P, staged in
+// shared memory after every row's scores, 16-byte aligned, and read from global memory once);
+// zloss: the rows' c gets zc (m + l). Compile-time flags off compile to the plain kernel.
+template <typename T, typename I, typename P, bool CAP, bool PROB>
+__device__ __forceinline__ void xsoftmax_row_body(
+    const T* s, long long s_row_stride, const I* y, const P* q, long long q_row_stride,
+    long long n, long long c,
     const typename xsoftmax_compute<T>::type* coef_a,
     const typename xsoftmax_compute<T>::type* coef_c,
     const typename xsoftmax_compute<T>::type* coef_b,
-    const typename xsoftmax_compute<T>::type* w, int smooth, int group,
+    const typename xsoftmax_compute<T>::type* coef_zc,
+    const typename xsoftmax_compute<T>::type* w, typename xsoftmax_compute<T>::type wsum,
+    typename xsoftmax_compute<T>::type cap, typename xsoftmax_compute<T>::type qa,
+    typename xsoftmax_compute<T>::type qb, int smooth, int zloss, int group,
     typename xsoftmax_compute<T>::type* l_out, typename xsoftmax_compute<T>::type* t_out,
-    typename xsoftmax_compute<T>::type* u_out, T* d, long long d_row_stride) {
+    typename xsoftmax_compute<T>::type* u_out, typename xsoftmax_compute<T>::type* q_out,
+    typename xsoftmax_compute<T>::type* m_out, T* d, long long d_row_stride) {
   typedef typename xsoftmax_compute<T>::type F;
   extern __shared__ __align__(16) unsigned char xsoftmax_smem[];
   F* scratch = (F*)xsoftmax_smem;
   const int rows = blockDim.x / group;
   const int r = threadIdx.x / group, lane = threadIdx.x % group;
   T* buf = (T*)(xsoftmax_smem + 3 * 32 * 8) + (long long)r * c;
+  P* qbuf = nullptr;
+  if constexpr (PROB) {
+    const long long score_bytes = ((long long)rows * c * (long long)sizeof(T) + 15) / 16 * 16;
+    qbuf = (P*)(xsoftmax_smem + 3 * 32 * 8 + score_bytes) + (long long)r * c;
+  }
   for (long long base = (long long)blockIdx.x * rows; base < n;
        base += (long long)gridDim.x * rows) {
     const long long row = base + r;
@@ -293,41 +475,116 @@ __global__ void xsoftmax_row_loss(
       for (long long k = lane; k < c; k += group) {
         const T x = src[k];
         buf[k] = x;
-        mx[0] = xsoftmax_nanmax(mx[0], xsoftmax_load(x));
+        if constexpr (PROB) qbuf[k] = q[row * q_row_stride + k];
+        mx[0] = xsoftmax_nanmax(mx[0], xsoftmax_row_z<CAP>(xsoftmax_load(x), cap));
       }
     }
     xsoftmax_group_reduce<F, 1, true>(mx, group, scratch);
     const F m = xsoftmax_finite(mx[0]) ? mx[0] : (F)0;
 
-    const I label = active ? y[row] : (I)0;  // compared with k, never an index
-    F acc[3] = {(F)0, (F)0, (F)0};  // sum of exp(s - m), t, u
+    // A label is compared with k, never an index; probability rows have none.
+    const I label = (active && !PROB) ? y[row] : (I)0;
+    F acc[3] = {(F)0, (F)0, (F)0};  // sum of exp(z - m), t (uq' for probabilities), u (labels)
+    F qsum[1] = {(F)0};             // probabilities: Q = sum w q
     if (active) {
       for (long long k = lane; k < c; k += group) {
-        const F x = xsoftmax_load(buf[k]) - m;
+        const F x = xsoftmax_row_z<CAP>(xsoftmax_load(buf[k]), cap) - m;
         acc[0] += xsoftmax_exp(x);
-        if (k == label) acc[1] = x;
-        if (smooth) acc[2] += w[k] * x;
+        if constexpr (PROB) {
+          const F qk = xsoftmax_load(qbuf[k]);
+          qsum[0] += w[k] * qk;
+          acc[1] += w[k] * (qa * qk + qb) * x;  // uq' of q' = (1 - eps) q + eps / C (torch's order)
+        } else {
+          if (k == label) acc[1] = x;
+          if (smooth) acc[2] += w[k] * x;
+        }
       }
     }
     xsoftmax_group_reduce<F, 3, false>(acc, group, scratch);
+    if constexpr (PROB) xsoftmax_group_reduce<F, 1, false>(qsum, group, scratch);
     const F l = mx[0] == xsoftmax_row_inf<F>() ? mx[0] : xsoftmax_log(acc[0]);
 
     if (active) {
       if (lane == 0) {
         l_out[row] = l;
         t_out[row] = acc[1];
-        if (smooth) u_out[row] = acc[2];
+        if (smooth && !PROB) u_out[row] = acc[2];
+        if constexpr (PROB) q_out[row] = qsum[0];
+        if (zloss) m_out[row] = m;
       }
-      const F ca = coef_a[row], cc = coef_c[row], cb = smooth ? coef_b[row] : (F)0;
+      const F ca = coef_a[row], cb = smooth ? coef_b[row] : (F)0;
+      F cc;
+      if constexpr (PROB) {
+        cc = ca * qsum[0];  // c = a Q + b W (probability_c)
+        if (smooth) cc += cb * wsum;
+      } else {
+        cc = coef_c[row];
+      }
+      // z-loss: c + zc lse; an ignored row (zc = 0) keeps c, even where lse is not finite.
+      if (zloss && coef_zc[row] != (F)0) cc += coef_zc[row] * (m + l);
       T* dst = d + row * d_row_stride;
       for (long long k = lane; k < c; k += group) {
-        F g = cc * xsoftmax_exp(xsoftmax_load(buf[k]) - m - l) - (k == label ? ca : (F)0);
-        if (smooth) g -= cb * w[k];
-        xsoftmax_store(dst + k, g);
+        if constexpr (!CAP && !PROB) {  // the plain kernel's expression, unchanged
+          F g = cc * xsoftmax_exp(xsoftmax_load(buf[k]) - m - l) - (k == label ? ca : (F)0);
+          if (smooth) g -= cb * w[k];
+          xsoftmax_store(dst + k, g);
+        } else {
+          F z = xsoftmax_load(buf[k]), th = (F)0;
+          if constexpr (CAP) {
+            th = xsoftmax_tanh(z / cap);
+            z = cap * th;
+          }
+          F g = cc * xsoftmax_exp(z - m - l);
+          if constexpr (PROB) {
+            g -= ca * (w[k] * xsoftmax_load(qbuf[k]));
+          } else {
+            if (k == label) g -= ca;
+          }
+          if (smooth) g -= cb * w[k];
+          if constexpr (CAP) g *= ((F)1 - th) * ((F)1 + th);
+          xsoftmax_store(dst + k, g);
+        }
       }
     }
     __syncthreads();  // every thread is done with buf before the next rows overwrite it
   }
+}
+
+template <typename T, typename I>
+__global__ void xsoftmax_row_loss(
+    const T* s, long long s_row_stride, const I* y, long long n, long long c,
+    const typename xsoftmax_compute<T>::type* coef_a,
+    const typename xsoftmax_compute<T>::type* coef_c,
+    const typename xsoftmax_compute<T>::type* coef_b,
+    const typename xsoftmax_compute<T>::type* w, int smooth, int group,
+    typename xsoftmax_compute<T>::type* l_out, typename xsoftmax_compute<T>::type* t_out,
+    typename xsoftmax_compute<T>::type* u_out, T* d, long long d_row_stride) {
+  typedef typename xsoftmax_compute<T>::type F;
+  xsoftmax_row_body<T, I, T, false, false>(
+      s, s_row_stride, y, (const T*)nullptr, 0, n, c, coef_a, coef_c, coef_b, (const F*)nullptr, w,
+      (F)0, (F)1, (F)1, (F)0, smooth, 0, group, l_out, t_out, u_out, (F*)nullptr, (F*)nullptr, d,
+      d_row_stride);
+}
+
+// Every option: softcap (CAP), probability targets (PROB, q of type P), z-loss (zloss: coef_zc
+// per row, m written to m_out for the loss's lse = m + l), with the plain kernel's arguments.
+template <typename T, typename I, typename P, bool CAP, bool PROB>
+__global__ void xsoftmax_row_loss_x(
+    const T* s, long long s_row_stride, const I* y, const P* q, long long q_row_stride,
+    long long n, long long c,
+    const typename xsoftmax_compute<T>::type* coef_a,
+    const typename xsoftmax_compute<T>::type* coef_c,
+    const typename xsoftmax_compute<T>::type* coef_b,
+    const typename xsoftmax_compute<T>::type* coef_zc,
+    const typename xsoftmax_compute<T>::type* w, typename xsoftmax_compute<T>::type wsum,
+    typename xsoftmax_compute<T>::type cap, typename xsoftmax_compute<T>::type qa,
+    typename xsoftmax_compute<T>::type qb, int smooth, int zloss, int group,
+    typename xsoftmax_compute<T>::type* l_out, typename xsoftmax_compute<T>::type* t_out,
+    typename xsoftmax_compute<T>::type* u_out, typename xsoftmax_compute<T>::type* q_out,
+    typename xsoftmax_compute<T>::type* m_out, T* d, long long d_row_stride) {
+  xsoftmax_row_body<T, I, P, CAP, PROB>(
+      s, s_row_stride, y, q, q_row_stride, n, c, coef_a, coef_c, coef_b, coef_zc, w, wsum, cap, qa,
+      qb, smooth, zloss, group, l_out, t_out, u_out, q_out, m_out, d, d_row_stride);
 }
 """
 
@@ -343,5 +600,26 @@ def row_kernel_name(scores: str, labels: str) -> str:
     return f"xsoftmax_row_loss<{ROW_SCORE_TYPES[scores]}, {ROW_LABEL_TYPES[labels]}>"
 
 
-#: Every instantiation the engine may launch.
-ROW_KERNEL_NAMES = tuple(row_kernel_name(s, i) for s in ROW_SCORE_TYPES for i in ROW_LABEL_TYPES)
+def row_probability_types(scores: str) -> tuple[str, ...]:
+    """dtype names probability targets may have in the row kernel: the scores' own or the compute type."""
+    return (scores,) if scores in ("float32", "float64") else (scores, "float32")
+
+
+def row_kernel_x_name(scores: str, labels: str | None, probs: str | None, cap: bool) -> str:
+    """The instantiation of ``xsoftmax_row_loss_x`` for labels (``probs`` None) or probabilities
+    (``labels`` None; the label type is then ``int``, never read)."""
+    T = ROW_SCORE_TYPES[scores]
+    I_ = ROW_LABEL_TYPES[labels or "int32"]
+    P = T if probs is None else ROW_SCORE_TYPES[probs]
+    flags = f"{'true' if cap else 'false'}, {'false' if probs is None else 'true'}"
+    return f"xsoftmax_row_loss_x<{T}, {I_}, {P}, {flags}>"
+
+
+#: Every instantiation the engine may launch: the plain kernel, then every option's.
+ROW_KERNEL_NAMES = (
+    *(row_kernel_name(s, i) for s in ROW_SCORE_TYPES for i in ROW_LABEL_TYPES),
+    *(row_kernel_x_name(s, i, None, cap) for s in ROW_SCORE_TYPES for i in ROW_LABEL_TYPES
+      for cap in (False, True)),
+    *(row_kernel_x_name(s, None, p, cap) for s in ROW_SCORE_TYPES for p in row_probability_types(s)
+      for cap in (False, True)),
+)

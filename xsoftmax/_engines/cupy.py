@@ -16,6 +16,13 @@ Per row ``i`` (see :mod:`xsoftmax._reduction` for ``a, b, c``, α, β):
    place and nothing ``N × C`` is allocated at all; an ``out`` that merely
    overlaps the scores makes CuPy copy them first.
 
+Probability targets, z-loss and softcap (see :mod:`xsoftmax._reduction`):
+softcap runs the ``_cap`` kernels (``z = c tanh(s/c)`` read in, ``1 − tanh²``
+multiplied into the write); probabilities add one read of the row and of ``q``
+for ``Q_i`` and ``uq'_i``, and the gradient ``(c_i + zc_i lse_i) p − a w⊙q − b w``
+reads ``q`` again; z-loss adds ``ζ v_i lse_i²`` (:func:`~xsoftmax._reduction.z_rows`)
+and ``zc_i lse_i`` to ``c_i``, with no pass of its own. Without them nothing changes.
+
 float16 scores are read as float16 and computed in float32 (the kernels'
 ``F``); the gradient is written back as float16. Indices are 64-bit
 (CuPy's ``ptrdiff_t i``), so batches past 2^31 elements work, and any strides
@@ -41,9 +48,20 @@ import functools
 import math
 from typing import Any, NamedTuple, Protocol
 
+import numpy as np
+
 from .._backend import device
 from .._dtypes import compute_dtype, narrow
-from .._reduction import LossInputs, reduce_loss, row_coefficients, row_loss
+from .._reduction import (
+    LossInputs,
+    RowCoefficients,
+    is_probability,
+    probability_c,
+    reduce_loss,
+    row_coefficients,
+    row_loss,
+    z_rows,
+)
 from .._typing import Array
 from ._cuda_source import (
     KERNELS,
@@ -55,6 +73,8 @@ from ._cuda_source import (
     ElementwiseSpec,
     ReductionSpec,
     row_kernel_name,
+    row_kernel_x_name,
+    row_probability_types,
 )
 
 __all__ = [
@@ -128,46 +148,92 @@ def _cupy_launch(key: str, *args: Any) -> None:
         kernel(*args, axis=1)
 
 
+def _z_loss_c(xp: Any, coef: RowCoefficients, c: Array, lse: Array) -> Array:
+    """``c_i + zc_i lse_i`` (z-loss); an ignored row (``zc = 0``) keeps ``c`` even where ``lse`` is ±inf."""
+    assert coef.zc is not None
+    return xp.where(coef.zc != 0, c + coef.zc * lse, c)
+
+
+def _probability_rows(xp: Any, coef: RowCoefficients, l: Array, q_sum: Array, uq_mixed: Array) -> Array:  # noqa: E741
+    """Probability rows ``Q'_i l_i − uq'_i`` from the kernels' ``Q_i`` and ``uq'_i = Σ_k w_k q'_ik x_ik``.
+
+    ``q' = (1 − ε) q + ε/C`` is mixed before the product with ``x = z − m``, as torch
+    mixes it: ``α (Q l − uq) + β (W l − u)`` is the same number except where ``q = 0``
+    at a −inf logit under smoothing (``0 · inf`` there, ``+inf`` in torch).
+    ``Q' = α Q + β W`` (:func:`~xsoftmax._reduction.probability_c` of α, β).
+    """
+    q_mixed = probability_c(coef._replace(a=coef.alpha, b=coef.beta), q_sum)
+    plain = coef._replace(alpha=xp.ones_like(coef.alpha), beta=None)
+    return row_loss(xp, plain, l, uq_mixed, None, q_sum=q_mixed)
+
+
+def _mixing(xp: Any, coef: RowCoefficients) -> tuple[Array, Array]:
+    """``(qa, qb) = (1 − ε, ε/C)``, 0-d: ``q' = qa q + qb``."""
+    return coef.alpha, coef.beta if coef.beta is not None else xp.zeros_like(coef.alpha)
+
+
 def fused_softmax_loss(
     inp: LossInputs, launch: Launcher, *, out: Array | None = None
 ) -> tuple[Array, Array]:
-    """The fused engine's driver, for any launcher (see the module docstring)."""
+    """The fused engine's driver, for any launcher (see the module docstring).
+
+    Softcap runs the ``_cap`` kernels (``z = c tanh(s/c)`` inside the element
+    read, the factor ``1 − t²`` inside the gradient's write); probability
+    targets add one read of the row and of ``q`` for ``Q_i, uq_i, u_i`` and the
+    ``grad_prob`` kernels; z-loss only changes ``c_i`` to ``c_i + zc_i lse_i``
+    (an ``(N,)`` operation). Without them the launches are the plain ones.
+    """
     xp, s, y = inp.xp, inp.scores, inp.y
     n, c = s.shape
     fdt = compute_dtype(xp, s.dtype)
     dev = device(s)
+    prob = is_probability(inp)
+    cap = () if inp.softcap is None else (xp.asarray(inp.softcap, dtype=fdt, device=dev),)
+    sfx = "_cap" if cap else ""
 
     vec = lambda: xp.empty((n,), dtype=fdt, device=dev)  # noqa: E731
     m, l, t = vec(), vec(), vec()  # noqa: E741 (the l of the docstring)
     classes = xp.arange(c, dtype=xp.int64, device=dev)
-    launch("lse", s, xp.expand_dims(y, axis=1), xp.expand_dims(classes, axis=0), m, l, t)
+    # Probability rows have no label: -1 never equals a class index (t is unused then).
+    labels = xp.full((1, 1), -1, dtype=xp.int64, device=dev) if prob else xp.expand_dims(y, axis=1)
+    launch("lse" + sfx, s, labels, xp.expand_dims(classes, axis=0), *cap, m, l, t)
 
     w = None if inp.weight is None else xp.astype(inp.weight, fdt)
     coef = row_coefficients(inp._replace(weight=w), fdt)
     # Without smoothing b = 0 and w never matters: w = 1 keeps 0 · w exactly 0.
     w_or_one = w if w is not None else xp.ones((c,), dtype=fdt, device=dev)
     u = None
-    if coef.b is not None:
-        u = vec()
-        launch("smooth", s, xp.expand_dims(m, axis=1), xp.expand_dims(w_or_one, axis=0), u)
-    loss = reduce_loss(xp, coef, row_loss(xp, coef, l, t, u), inp.reduction)
+    c_row = coef.c
+    if prob:
+        q_sum = vec()
+        launch("prob" + sfx, s, y, xp.expand_dims(m, axis=1), xp.expand_dims(w_or_one, axis=0),
+               *_mixing(xp, coef), *cap, q_sum, t)  # t: uq'
+        rows = _probability_rows(xp, coef, l, q_sum, t)
+        c_row = probability_c(coef, q_sum)
+    else:
+        if coef.b is not None:
+            u = vec()
+            launch("smooth" + sfx, s, xp.expand_dims(m, axis=1), xp.expand_dims(w_or_one, axis=0), *cap, u)
+        rows = row_loss(xp, coef, l, t, u)
+    zrows = None
+    if coef.zc is not None:
+        lse = m + l
+        zrows = z_rows(xp, coef, lse)
+        c_row = _z_loss_c(xp, coef, c_row, lse)
+    loss = reduce_loss(xp, coef, rows, inp.reduction, zrows=zrows)
 
     # The kernel reads per-row arrays (raw, contiguous); a coefficient shared
     # by every row (0-d) is spread over the rows (v · 1 = v, bit for bit).
     ones = xp.ones((n,), dtype=fdt, device=dev)
     b = coef.b if coef.b is not None else xp.zeros((), dtype=fdt, device=dev)
-    a, c_, b = (v if v.ndim else ones * v for v in (coef.a, coef.c, b))
+    a, c_, b = (v if v.ndim else ones * v for v in (coef.a, c_row, b))
     d = out if out is not None else xp.empty(s.shape, dtype=s.dtype, device=dev)
-    launch("grad", s, y, m, l, a, c_, b, w_or_one, c, d)
+    launch("grad" + ("_prob" if prob else "") + sfx, s, y, m, l, a, c_, b, w_or_one, c, *cap, d)
     return narrow(xp, loss, s.dtype), d
 
 
 def softmax_loss(inp: LossInputs, /, *, out: Array | None = None) -> tuple[Array, Array]:
     """The ``"fused"`` engine for CuPy arrays (signature of every engine)."""
-    if inp.z_loss or inp.softcap is not None or inp.y.ndim == 2:  # issue 15 options: reference for now
-        from .reference import softmax_loss as reference  # (guard to be replaced by this engine's owner)
-
-        return reference(inp, out=out)
     if inp.scores.shape[0] == 0 or inp.labels_unchecked:
         # Nothing to launch (or labels the kernels could not trust, which no
         # eager CuPy array produces): the reference engine's results.
@@ -230,9 +296,18 @@ def row_plan(
 
 
 class RowLauncher(Protocol):
-    """Runs ``xsoftmax_row_loss<scores, labels>`` with ``plan`` and the kernel's arguments."""
+    """Runs the row kernel instantiation ``name`` (a ``RawModule`` name expression) with ``plan``.
 
-    def __call__(self, plan: RowPlan, scores: str, labels: str, *args: Any) -> None: ...
+    ``args`` are the kernel's parameters in order, typed: arrays for pointers,
+    ``numpy.int64`` for ``long long``, ``numpy.int32`` for ``int``, and the
+    compute type (``numpy.float32`` / ``float64``) for ``F``.
+    """
+
+    def __call__(self, plan: RowPlan, name: str, *args: Any) -> None: ...
+
+
+#: Bytes between every row's scores and every row's probabilities in shared memory (alignment).
+ROW_PROB_PAD = 16
 
 
 def fused_row_softmax_loss(
@@ -251,24 +326,37 @@ def fused_row_softmax_loss(
     block twin) for layout-level copies. Rows longer than ``limit_bytes``
     allows go to :func:`fused_softmax_loss` with ``fallback``. The loss is
     ``row_loss``/``reduce_loss`` of the kernel's ``l, t, u``, as in the fused
-    engine; ``dscores`` is the gradient of its module docstring.
+    engine; ``dscores`` is the gradient of its module docstring. Softcap,
+    probability targets (staged on chip next to the row, read once) and z-loss
+    run ``xsoftmax_row_loss_x``; the plain options the plain kernel.
     """
     xp, s, y = inp.xp, inp.scores, inp.y
     n, c = s.shape
-    plan = row_plan(n, c, s.dtype.itemsize, limit_bytes=limit_bytes, **plan_options)
+    prob = is_probability(inp)
+    fdt = compute_dtype(xp, s.dtype)
+    itemsize, pad = s.dtype.itemsize, 0
+    if prob:
+        # Probabilities are read as they are when the kernel has their type, else once as F.
+        if y.dtype.name not in row_probability_types(s.dtype.name):
+            y = xp.astype(y, fdt)
+        itemsize, pad = itemsize + y.dtype.itemsize, ROW_PROB_PAD
+    plan = row_plan(n, c, itemsize, limit_bytes=limit_bytes - pad, **plan_options)
     if plan is None or s.dtype.name not in ROW_SCORE_TYPES:
         return fused_softmax_loss(inp, fallback, out=out)
-    fdt = compute_dtype(xp, s.dtype)
-    if y.dtype.name not in ("int32", "int64"):
+    plan = plan._replace(shared_bytes=plan.shared_bytes + pad)
+    if not prob and y.dtype.name not in ("int32", "int64"):
         y = xp.astype(y, xp.int64)
-    y = native.ascontiguousarray(y)
 
     # The kernel reads a row through its row stride at unit class stride; a
     # row that is not contiguous, or scores that overlap another out=, are
     # copied once. out=scores itself needs no copy: each element is read and
     # written by the same thread, the write after the read.
-    if s.strides[1] != s.itemsize or (out is not None and out is not s and native.may_share_memory(out, s)):
-        s = native.ascontiguousarray(s)
+    def readable(x: Array) -> Array:
+        overlaps = out is not None and out is not x and native.may_share_memory(out, x)
+        return native.ascontiguousarray(x) if x.strides[1] != x.itemsize or overlaps else x
+
+    s = readable(s)
+    y = readable(y) if prob else native.ascontiguousarray(y)
     direct = out is not None and out.strides[1] == out.itemsize and (out.strides[0] != 0 or n == 1)
     d: Array = out if out is not None and direct else native.empty((n, c), dtype=s.dtype)
 
@@ -282,16 +370,44 @@ def fused_row_softmax_loss(
     # The kernel reads per-row arrays; a coefficient shared by every row (0-d)
     # is spread over the rows (v · 1 = v, bit for bit).
     ones = native.ones((n,), dtype=fdt)
-    a_rows, c_rows = (native.ascontiguousarray(v if v.ndim else ones * v) for v in (coef.a, coef.c))
-    b = (native.ascontiguousarray(coef.b if coef.b.ndim else ones * coef.b)) if coef.b is not None else a_rows
+    rows_of = lambda v: native.ascontiguousarray(v if v.ndim else ones * v)  # noqa: E731
+    a_rows, c_rows = rows_of(coef.a), rows_of(coef.c)
+    b = rows_of(coef.b) if coef.b is not None else a_rows
     w_arg = native.ascontiguousarray(w) if w is not None else native.ones((c,), dtype=fdt)
-    launch(
-        plan, s.dtype.name, y.dtype.name,
-        s, s.strides[0] // s.itemsize, y, n, c,
-        a_rows, c_rows, b, w_arg,
-        int(smooth), plan.group, l, t, u, d, d.strides[0] // d.itemsize,
-    )
-    loss = reduce_loss(xp, coef, row_loss(xp, coef, l, t, u if smooth else None), inp.reduction)
+    i64, i32, f = np.int64, np.int32, np.dtype(fdt).type
+    extended = prob or inp.softcap is not None or coef.zc is not None
+    if not extended:
+        launch(
+            plan, row_kernel_name(s.dtype.name, y.dtype.name),
+            s, i64(s.strides[0] // s.itemsize), y, i64(n), i64(c),
+            a_rows, c_rows, b, w_arg,
+            i32(smooth), i32(plan.group), l, t, u, d, i64(d.strides[0] // d.itemsize),
+        )
+        rows = row_loss(xp, coef, l, t, u if smooth else None)
+        loss = reduce_loss(xp, coef, rows, inp.reduction)
+    else:
+        q_sum, m = (vec() if prob else l), (vec() if coef.zc is not None else l)
+        zc = rows_of(coef.zc) if coef.zc is not None else a_rows
+        name = row_kernel_x_name(
+            s.dtype.name, None if prob else y.dtype.name, y.dtype.name if prob else None,
+            inp.softcap is not None,
+        )
+        labels = native.zeros((1,), dtype=native.int32) if prob else y  # never read for probabilities
+        q, q_stride = (y, y.strides[0] // y.itemsize) if prob else (s, 0)
+        launch(
+            plan, name,
+            s, i64(s.strides[0] // s.itemsize), labels, q, i64(q_stride), i64(n), i64(c),
+            a_rows, c_rows, b, zc, w_arg, f(coef.wsum), f(inp.softcap or 1.0),
+            *((f(v) for v in _mixing(xp, coef)) if prob else (f(1.0), f(0.0))),  # q' = qa q + qb
+            i32(smooth), i32(coef.zc is not None), i32(plan.group),
+            l, t, u, q_sum, m, d, i64(d.strides[0] // d.itemsize),
+        )
+        if prob:
+            rows = _probability_rows(xp, coef, l, q_sum, t)
+        else:
+            rows = row_loss(xp, coef, l, t, u if smooth else None)
+        zrows = z_rows(xp, coef, m + l) if coef.zc is not None else None
+        loss = reduce_loss(xp, coef, rows, inp.reduction, zrows=zrows)
     if out is not None and not direct:
         out[...] = d
         d = out
@@ -323,43 +439,41 @@ def row_options() -> tuple[str, ...]:
 
 
 @functools.cache
-def _row_kernel(scores: str, labels: str, shared_bytes: int) -> Any:
-    kernel = row_module().get_function(row_kernel_name(scores, labels))
+def _row_kernel(name: str, shared_bytes: int) -> Any:
+    kernel = row_module().get_function(name)
     if shared_bytes > 48 * 1024:  # past 48 KiB a block must opt in to its dynamic shared memory
         kernel.max_dynamic_shared_size_bytes = shared_bytes
     return kernel
 
 
-def _cupy_row_launch(plan: RowPlan, scores: str, labels: str, *args: Any) -> None:
-    import numpy as np
-
-    # Python ints would be passed as 64-bit; the kernel's ints are 32-bit.
-    typed = [np.int64(a) if i in (1, 3, 4, 15) else np.int32(a) if i in (9, 10) else a
-             for i, a in enumerate(args)]
-    kernel = _row_kernel(scores, labels, plan.shared_bytes)
-    kernel((plan.grid,), (plan.threads,), tuple(typed), shared_mem=plan.shared_bytes)
+def _cupy_row_launch(plan: RowPlan, name: str, *args: Any) -> None:
+    # The driver types every scalar as the kernel's parameter (a Python int would go as 64-bit).
+    kernel = _row_kernel(name, plan.shared_bytes)
+    kernel((plan.grid,), (plan.threads,), args, shared_mem=plan.shared_bytes)
 
 
 @functools.cache
-def _row_limits(device_id: int, scores: str, labels: str) -> tuple[int, int]:
-    """(opt-in shared memory per block of the device, max threads per block of this instantiation).
+def _row_limits(device_id: int, scores: str) -> tuple[int, int]:
+    """(opt-in shared memory per block of the device, max threads per block of these scores' kernels).
 
-    The second comes from the compiled kernel: float64 needs more than 64
-    registers a thread, so its blocks stop at 512 threads.
+    The second comes from the compiled kernels (the least of every
+    instantiation for this score type, so one plan suits every option):
+    float64 needs more than 64 registers a thread, so its blocks stop at 512 threads.
     """
     import cupy
 
     attrs = cupy.cuda.Device(device_id).attributes
-    kernel = row_module().get_function(row_kernel_name(scores, labels))
-    return int(attrs["MaxSharedMemoryPerBlockOptin"]), int(kernel.max_threads_per_block)
+    prefix = ROW_SCORE_TYPES[scores] + ","
+    threads = min(
+        int(row_module().get_function(name).max_threads_per_block)
+        for name in ROW_KERNEL_NAMES
+        if name.split("<", 1)[1].startswith(prefix)
+    )
+    return int(attrs["MaxSharedMemoryPerBlockOptin"]), threads
 
 
 def softmax_loss_row(inp: LossInputs, /, *, out: Array | None = None) -> tuple[Array, Array]:
     """The ``"fused-row"`` engine for CuPy arrays (signature of every engine)."""
-    if inp.z_loss or inp.softcap is not None or inp.y.ndim == 2:  # issue 15 options: reference for now
-        from .reference import softmax_loss as reference  # (guard to be replaced by this engine's owner)
-
-        return reference(inp, out=out)
     s = inp.scores
     if s.shape[0] == 0 or inp.labels_unchecked or s.dtype.name not in ROW_SCORE_TYPES:
         from .reference import softmax_loss as reference
@@ -367,8 +481,7 @@ def softmax_loss_row(inp: LossInputs, /, *, out: Array | None = None) -> tuple[A
         return reference(inp, out=out)
     import cupy
 
-    labels = "int32" if inp.y.dtype.name == "int32" else "int64"  # as the driver passes them
-    limit, max_threads = _row_limits(cupy.cuda.Device().id, s.dtype.name, labels)
+    limit, max_threads = _row_limits(cupy.cuda.Device().id, s.dtype.name)
     return fused_row_softmax_loss(
         inp, _cupy_row_launch, _cupy_launch, cupy, limit_bytes=limit, out=out,
         max_threads=_pow2_floor(max_threads),
