@@ -83,9 +83,11 @@ __all__ = [
     "RowCoefficients",
     "inverse_denominator",
     "is_probability",
+    "mixed_weights",
     "mean_denominator",
     "mean_of_total",
     "probability_c",
+    "probability_rows",
     "reduce_loss",
     "row_coefficients",
     "row_loss",
@@ -155,6 +157,30 @@ def probability_c(coef: RowCoefficients, q_sum: Array) -> Array:
     """``c_i = a Q_i + b W`` of probability targets, from ``Q_i = Σ_k w_k q_ik``."""
     c = coef.a * q_sum
     return c if coef.b is None else c + coef.b * coef.wsum
+
+
+def probability_rows(
+    xp: ArrayNamespace, coef: RowCoefficients, l: Array, q_sum: Array, uq_mixed: Array  # noqa: E741
+) -> Array:
+    """Probability rows ``Q'_i l_i − uq'_i``, from ``Q_i`` and ``uq'_i = Σ_k w_k q'_ik (z_ik − m_i)``.
+
+    ``q' = (1 − ε) q + ε/C`` is mixed *before* the product with ``z − m``, as
+    torch mixes it: ``α (Q l − uq) + β (W l − u)`` is the same number except
+    where ``q = 0`` at a ``−inf`` logit under smoothing (``0 · inf = NaN``
+    there, ``+inf`` in torch). ``Q' = α Q + β W``. Engines form ``uq'`` with
+    the mixed weights ``w_k (α q_ik + β)`` (:func:`mixed_weights`).
+    """
+    q_mixed = probability_c(coef._replace(a=coef.alpha, b=coef.beta), q_sum)
+    plain = coef._replace(alpha=xp.ones_like(coef.alpha), beta=None)
+    return row_loss(xp, plain, l, uq_mixed, None, q_sum=q_mixed)
+
+
+def mixed_weights(coef: RowCoefficients, wq: Array, w: Array | None) -> Array:
+    """``w_k (α q_ik + β)`` from ``wq = w_k q_ik``: the weights of ``uq'`` (:func:`probability_rows`)."""
+    if coef.beta is None:
+        return wq
+    mixed = wq * coef.alpha
+    return mixed + (coef.beta if w is None else coef.beta * w)
 
 
 def softcap_factor(xp: ArrayNamespace, capped: Array, cap: float) -> Array:

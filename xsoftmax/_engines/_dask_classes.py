@@ -52,6 +52,7 @@ from .._backend import array_namespace, backend_name, device
 from .._reduction import (
     LossInputs,
     probability_c,
+    probability_rows,
     reduce_loss,
     row_coefficients,
     row_loss,
@@ -72,6 +73,9 @@ class _Layout(NamedTuple):
 
     probabilities: bool
     smoothing: bool
+    #: q' = α q + β (probabilities with smoothing): the mixing of uq' (_reduction.probability_rows).
+    alpha: float = 1.0
+    beta: float = 0.0
 
     @property
     def width(self) -> int:
@@ -124,8 +128,11 @@ def _block_state(
         q = xp.asarray(yq)
         q = q if q.dtype == cdt else xp.astype(q, cdt)
         wq = q if w is None else q * w
-        # 0 · (−inf) = NaN where q = 0 at a −inf logit, as in torch (plan, pitfall 5).
-        cols += [xp.sum(wq, axis=1), xp.sum(wq * zr, axis=1)]
+        # uq' with q' = α q + β mixed first: 0 · (−inf) = NaN only where q' = 0, as in torch.
+        wq_mixed = wq if not layout.smoothing else layout.alpha * wq + (
+            layout.beta if w is None else layout.beta * w
+        )
+        cols += [xp.sum(wq, axis=1), xp.sum(wq_mixed * zr, axis=1)]
     else:
         # One logit per row (O(n), not an (n, width) mask): 0 where the label is another block's.
         inside, k = _label_columns(xp, yq, offset, width)
@@ -152,7 +159,9 @@ def _merge(x: Array, axis: Any = None, keepdims: bool = True, *, layout: _Layout
     cols = [m, xp.sum(x[:, :, 1] * factor, axis=1)]
     if layout.probabilities:
         qk = x[:, :, 2]
-        cols += [xp.sum(qk, axis=1), xp.sum(x[:, :, 3] + qk * shift, axis=1)]
+        # uq' shifts with Q' = α Q + β W (its mixed weights' sum).
+        qk_mixed = qk if not layout.smoothing else layout.alpha * qk + layout.beta * x[:, :, layout.u + 1]
+        cols += [xp.sum(qk, axis=1), xp.sum(x[:, :, 3] + qk_mixed * shift, axis=1)]
     else:
         cols.append(xp.sum(x[:, :, 2], axis=1))
     if layout.smoothing:
@@ -204,7 +213,7 @@ def _row_task(
     u = state[:, layout.u] if layout.smoothing else None
     if layout.probabilities:
         q_sum = state[:, 2]
-        rows = row_loss(xp, coef, l, state[:, 3], u, q_sum=q_sum)
+        rows = probability_rows(xp, coef, l, q_sum, state[:, 3])
         c = probability_c(coef, q_sum)
     else:
         rows = row_loss(xp, coef, l, state[:, 2] - r, u)
@@ -280,7 +289,8 @@ def softmax_loss_class_chunked(
     from dask.array.utils import meta_from_array
 
     probabilities = y.ndim == 2
-    layout = _Layout(probabilities, inp.label_smoothing > 0)
+    eps = inp.label_smoothing
+    layout = _Layout(probabilities, eps > 0, 1.0 - eps, eps / s.shape[1])
     col_chunks = s.chunks[1]
     # Column indices chunked like the classes: a block's first one is its offset.
     offsets = da.arange(s.shape[1], chunks=(col_chunks,))

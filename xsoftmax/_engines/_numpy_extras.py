@@ -48,7 +48,9 @@ from .._reduction import (
     is_probability,
     mean_denominator,
     mean_of_total,
+    mixed_weights,
     probability_c,
+    probability_rows,
     row_coefficients,
     row_loss,
     z_rows,
@@ -207,6 +209,24 @@ def _row_dot(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
     return np.einsum("ij,ij->i", a, b, out=out)
 
 
+#: Bytes per piece of the mixed weights of ``uq'``: a small temporary, not a block's worth.
+MIXED_BYTES = 32 * 1024
+
+
+def _mixed_dot(coef: Any, wq: np.ndarray, w: np.ndarray | None, z: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """``uq'_i = Σ_k w_k q'_ik z_ik`` with ``q' = (1 − ε) q + ε/C`` mixed first, as torch mixes it.
+
+    (0 · (−inf) = NaN only where ``q' = 0``; see :func:`~xsoftmax._reduction.probability_rows`.)
+    """
+    if coef.beta is None:
+        return _row_dot(wq, z, out)
+    step = max(1, MIXED_BYTES // max(1, wq.shape[1] * wq.itemsize))
+    for i in range(0, wq.shape[0], step):
+        rows = slice(i, i + step)
+        _row_dot(mixed_weights(coef, wq[rows], w), z[rows], out[rows])
+    return out
+
+
 def _block(prob: _Problem, r0: int, r1: int, scratch: _Scratch) -> None:
     """Steps 1–5 of the module docstring for rows ``r0:r1``; their losses into the sums or rows."""
     inp, cdt = prob.inp, prob.cdt
@@ -236,13 +256,13 @@ def _block(prob: _Problem, r0: int, r1: int, scratch: _Scratch) -> None:
         if w is not None:
             wq *= w
         q_sum = row_sum(wq, np.empty(n, cdt))
-        t = _row_dot(wq, z, np.empty(n, cdt))  # uq_i; 0 · (−inf) = NaN where q = 0, as torch
+        t = _mixed_dot(coef, wq, w, z, np.empty(n, cdt))
     else:
         labels = y if coef.valid is None else np.where(coef.valid, y, 0)  # ignored rows: any class
         labels = np.arange(0, z.size, max(z.shape[1], 1), dtype=np.intp) + labels
         t = flat[labels]
     t *= ln2
-    if inp.label_smoothing:
+    if inp.label_smoothing and wq is None:  # (probabilities fold smoothing into uq')
         u = row_sum(z, np.empty(n, cdt), w)
         u *= ln2
     np.exp2(z, out=z)
@@ -278,7 +298,7 @@ def _block(prob: _Problem, r0: int, r1: int, scratch: _Scratch) -> None:
         np.subtract(2, tau, out=tau)
         z *= tau
     store(z, prob.out[r0:r1])
-    ce = row_loss(np, coef, l, t, u, q_sum)
+    ce = row_loss(np, coef, l, t, u) if q_sum is None else probability_rows(np, coef, l, q_sum, t)
     zr = None if lse is None else z_rows(np, coef, lse)
     if prob.row_losses is not None:
         prob.row_losses[r0:r1] = ce if zr is None else ce + zr

@@ -57,6 +57,7 @@ from .._reduction import (
     RowCoefficients,
     is_probability,
     probability_c,
+    probability_rows,
     reduce_loss,
     row_coefficients,
     row_loss,
@@ -154,19 +155,6 @@ def _z_loss_c(xp: Any, coef: RowCoefficients, c: Array, lse: Array) -> Array:
     return xp.where(coef.zc != 0, c + coef.zc * lse, c)
 
 
-def _probability_rows(xp: Any, coef: RowCoefficients, l: Array, q_sum: Array, uq_mixed: Array) -> Array:  # noqa: E741
-    """Probability rows ``Q'_i l_i − uq'_i`` from the kernels' ``Q_i`` and ``uq'_i = Σ_k w_k q'_ik x_ik``.
-
-    ``q' = (1 − ε) q + ε/C`` is mixed before the product with ``x = z − m``, as torch
-    mixes it: ``α (Q l − uq) + β (W l − u)`` is the same number except where ``q = 0``
-    at a −inf logit under smoothing (``0 · inf`` there, ``+inf`` in torch).
-    ``Q' = α Q + β W`` (:func:`~xsoftmax._reduction.probability_c` of α, β).
-    """
-    q_mixed = probability_c(coef._replace(a=coef.alpha, b=coef.beta), q_sum)
-    plain = coef._replace(alpha=xp.ones_like(coef.alpha), beta=None)
-    return row_loss(xp, plain, l, uq_mixed, None, q_sum=q_mixed)
-
-
 def _mixing(xp: Any, coef: RowCoefficients) -> tuple[Array, Array]:
     """``(qa, qb) = (1 − ε, ε/C)``, 0-d: ``q' = qa q + qb``."""
     return coef.alpha, coef.beta if coef.beta is not None else xp.zeros_like(coef.alpha)
@@ -208,7 +196,7 @@ def fused_softmax_loss(
         q_sum = vec()
         launch("prob" + sfx, s, y, xp.expand_dims(m, axis=1), xp.expand_dims(w_or_one, axis=0),
                *_mixing(xp, coef), *cap, q_sum, t)  # t: uq'
-        rows = _probability_rows(xp, coef, l, q_sum, t)
+        rows = probability_rows(xp, coef, l, q_sum, t)
         c_row = probability_c(coef, q_sum)
     else:
         if coef.b is not None:
@@ -403,7 +391,7 @@ def fused_row_softmax_loss(
             l, t, u, q_sum, m, d, i64(d.strides[0] // d.itemsize),
         )
         if prob:
-            rows = _probability_rows(xp, coef, l, q_sum, t)
+            rows = probability_rows(xp, coef, l, q_sum, t)
         else:
             rows = row_loss(xp, coef, l, t, u if smooth else None)
         zrows = z_rows(xp, coef, m + l) if coef.zc is not None else None

@@ -25,7 +25,9 @@ from .._dtypes import narrow, widen
 from .._reduction import (
     LossInputs,
     is_probability,
+    mixed_weights,
     probability_c,
+    probability_rows,
     reduce_loss,
     row_coefficients,
     row_loss,
@@ -92,19 +94,20 @@ def softmax_loss(inputs: LossInputs, /, *, out: Array | None = None) -> tuple[Ar
     l = xp.log(se)  # noqa: E741 (the l of the docstring)
     p = e / se[:, None]
     zero = scalar_like(xp, 0.0, z)
-    u = None
-    if inputs.label_smoothing:
-        u = xp.sum(z * w, axis=1) if w is not None else xp.sum(z, axis=1)
     coef = row_coefficients(inputs._replace(weight=w), s.dtype)
     if is_probability(inputs):
         q = xp.astype(y, s.dtype)
         wq = q * w if w is not None else q
         q_sum = xp.sum(wq, axis=1)
-        # 0 · (−inf) = NaN where q = 0 at a −inf logit: torch's −Σ w q log_softmax does the same.
-        rows = row_loss(xp, coef, l, xp.sum(wq * z, axis=1), u, q_sum=q_sum)
+        # 0 · (−inf) = NaN where q' = 0 at a −inf logit: torch's −Σ w q' log_softmax does the same.
+        uq = xp.sum(mixed_weights(coef, wq, w) * z, axis=1)
+        rows = probability_rows(xp, coef, l, q_sum, uq)
         pc = probability_c(coef, q_sum)
         target = _col(coef.a) * wq
     else:
+        u = None
+        if inputs.label_smoothing:
+            u = xp.sum(z * w, axis=1) if w is not None else xp.sum(z, axis=1)
         hot = one_hot(xp, y, c)
         rows = row_loss(xp, coef, l, xp.sum(xp.where(hot, z, zero), axis=1), u)
         pc = coef.c
