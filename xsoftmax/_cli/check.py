@@ -35,6 +35,7 @@ import numpy as np
 
 from .._typing import Engine
 from .._validate import REDUCTIONS
+from .oracle import oracle_log_softmax, oracle_logsumexp, oracle_softmax_loss
 from .text import comma_list, format_table
 
 __all__ = [
@@ -67,70 +68,6 @@ SMOOTHING = 0.1
 
 #: what the check generators yield: (case, dtype, compute, expected)
 Check = tuple[str, str, Callable[[], Any], np.ndarray]
-
-
-# --------------------------------------------------------------------------- oracle
-
-
-def _shift(s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(z, m, l)`` along the last axis: ``z = s − m``, ``l = log Σ exp z`` (``lse = m + l``).
-
-    Working with ``z`` keeps ``log p = z − l`` exact to float64 rounding even
-    for logits of 1e4, where ``s − lse`` would cancel ~12 digits. A row of
-    −inf has ``m`` reset to 0 so it gives ``l = −inf``, not NaN.
-    """
-    m = np.max(s, axis=-1, keepdims=True)
-    m = np.where(np.isfinite(m), m, 0.0)
-    z = s - m
-    with np.errstate(divide="ignore"):
-        return z, m, np.log(np.sum(np.exp(z), axis=-1, keepdims=True))
-
-
-def oracle_logsumexp(s: np.ndarray, axis: int = -1) -> np.ndarray:
-    _, m, l = _shift(np.moveaxis(np.asarray(s, np.float64), axis, -1))  # noqa: E741
-    return np.squeeze(m + l, -1)
-
-
-def oracle_log_softmax(s: np.ndarray, axis: int = -1) -> np.ndarray:
-    z, _, l = _shift(np.moveaxis(np.asarray(s, np.float64), axis, -1))  # noqa: E741
-    return np.moveaxis(z - l, -1, axis)
-
-
-def oracle_softmax_loss(
-    scores: Any,
-    y: Any,
-    *,
-    reduction: str = "mean",
-    weight: Any = None,
-    ignore_index: int | None = None,
-    label_smoothing: float = 0.0,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Loss and ``∂loss/∂scores`` in float64, from the target distribution ``q`` (module doc)."""
-    s = np.asarray(scores, dtype=np.float64)
-    y = np.asarray(y)
-    n, c = s.shape
-    w = np.ones(c) if weight is None else np.asarray(weight, dtype=np.float64)
-    valid = np.ones(n, bool) if ignore_index is None else y != ignore_index
-    yv = np.where(valid, y, 0)
-    q = np.tile(w * (label_smoothing / c), (n, 1))
-    q[np.arange(n), yv] += (1.0 - label_smoothing) * w[yv]
-    q[~valid] = 0.0
-    z, _, l = _shift(s)  # noqa: E741
-    neg_log_p = l - z
-    with np.errstate(invalid="ignore"):
-        # q = 0 entries contribute nothing even where −log p = inf (masked logits).
-        rows = np.sum(np.where(q > 0, q * neg_log_p, 0.0), axis=1)
-    grad = np.sum(q, axis=1, keepdims=True) * np.exp(-neg_log_p) - q
-    if reduction == "none":
-        return rows, grad
-    if reduction == "sum":
-        return np.asarray(rows.sum()), grad
-    denom = np.sum(w[yv] * valid)
-    if denom == 0:
-        # As torch: the NLL term alone is 0/0, so the loss is NaN; the kept
-        # rows' gradient is NaN and the ignored rows' stays 0.
-        return np.asarray(np.nan), np.where(valid[:, None], np.nan, grad)
-    return np.asarray(rows.sum() / denom), grad / denom
 
 
 # --------------------------------------------------------------------------- comparison
