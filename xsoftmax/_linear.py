@@ -146,6 +146,12 @@ def check_linear_inputs(
             f"y must have shape (N,) with one label per row of x: x has shape {_shape(x)}, "
             f"y has shape {_shape(y)}"
         )
+    if xp.isdtype(y.dtype, "real floating"):
+        # Class probabilities would need an (N, C) target, which the fused loss exists to avoid.
+        raise TypeError(
+            f"y must have an integer dtype (class labels), got {y.dtype}: linear_softmax_loss takes no "
+            "probability targets; cast labels stored as floats with y.astype(np.int64)"
+        )
     if chunk_rows is not None:
         chunk_rows = check_positive_int(chunk_rows, "chunk_rows")
     dtypes = [a.dtype for a in (x, w, b) if a is not None]

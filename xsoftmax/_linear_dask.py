@@ -23,7 +23,6 @@ from collections.abc import Callable
 from typing import Any
 
 from ._backend import array_namespace
-from ._linear import Denominators
 from ._typing import Array
 
 __all__ = ["linear_softmax_loss_dask"]
@@ -64,6 +63,7 @@ def linear_softmax_loss_dask(
         options=p._replace(x=None, w=None, b=None, y=None, weight=None, xp=None),
         has_bias=p.b is not None,
         has_weight=p.weight is not None,
+        denominators=type(denom),  # _linear's record of D and V (not imported: _linear imports us)
     )
     meta1 = meta_from_array(meta2, ndim=1)
 
@@ -100,6 +100,7 @@ def _block(
     options: Any,
     has_bias: bool,
     has_weight: bool,
+    denominators: Any,
 ) -> tuple[Any, ...]:
     """``(loss_b, dx_b, dw_b[None], db_b[None])`` of one row block, by the eager chunked code."""
     x = _one(x)
@@ -111,7 +112,7 @@ def _block(
     if options.reduction == "mean":
         ce = xp.asarray(extra_list.pop(0), dtype=options.cdt)
         z = xp.asarray(extra_list.pop(0), dtype=options.cdt) if options.z_loss else None
-        denom = Denominators(ce, z)
+        denom = denominators(ce, z)
     p = options._replace(xp=xp, x=x, w=xp.asarray(_one(w)), b=b, y=xp.asarray(y), weight=weight)
     loss, dx, dw, db = eager(p, denom)
     if options.reduction != "none":
