@@ -17,23 +17,27 @@ LABELS = np.array([0, 2, 1, 2])
 
 
 def test_float_labels_say_how_to_cast(xp):
-    with pytest.raises(TypeError) as exc:
+    # A floating y is read as class probabilities; one of the label shape is neither.
+    with pytest.raises(ValueError) as exc:
         xs.softmax_loss(on(xp, SCORES), on(xp, LABELS.astype(np.float64)))
     message = str(exc.value)
-    assert message.startswith("y must have an integer dtype, got ")
+    assert message.startswith("y: a floating y holds class probabilities and must have the scores' shape (4, 3)")
+    assert "got shape (4,)" in message
     assert "y.astype(np.int64)" in message and "xp.astype(y, xp.int64)" in message
 
 
 def test_integer_one_hot_labels_say_argmax(xp):
     one_hot = np.eye(3, dtype=np.int64)[LABELS]
     with pytest.raises(ValueError, match=re.escape(
-        "y must be 1-D with shape (N,) = (4,), got shape (4, 3); y looks like one-hot rows of shape "
-        "(N, C): pass the class indices, y.argmax(axis=1)"
+        "y has the scores' shape (4, 3) but an integer dtype: pass class indices of shape (4,) "
+        "(one-hot rows: y.argmax(axis=1)), or cast class probabilities to a floating dtype"
     )):
         xs.softmax_loss(on(xp, SCORES), on(xp, one_hot))
-    # The advice works: argmax of the one-hot rows gives the same loss as the labels.
+    # The advice works: argmax of the one-hot rows gives the same loss as the labels,
+    # and so do the one-hot rows cast to probabilities.
     fixed = xs.softmax_loss(SCORES, one_hot.argmax(axis=1))[0]
     assert float(fixed) == float(xs.softmax_loss(SCORES, LABELS)[0])
+    assert np.isclose(float(xs.softmax_loss(SCORES, one_hot.astype(np.float64))[0]), float(fixed))
 
 
 def test_other_2d_labels_get_no_one_hot_advice():

@@ -25,6 +25,8 @@ def softmax_loss(
     weight: Array | None = None,
     ignore_index: int | None = None,
     label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
     engine: Engine = "auto",
     out: Array | None = None,
 ) -> tuple[Array, Array]:
@@ -32,8 +34,15 @@ def softmax_loss(
 
     Inputs:
 
-    - ``scores``: ``(N, C)`` real floating logits.
-    - ``y``: ``(N,)`` integer labels in ``[0, C)`` (or ``== ignore_index``).
+    - ``scores``: ``(N, C)`` real floating logits, or ``(N, C, d1, …, dk)``
+      (class axis 1: one row per position ``(n, d1, …)``, as in torch), or
+      one ``(C,)`` row.
+    - ``y``: integer labels in ``[0, C)`` (or ``== ignore_index``) of shape
+      ``(N,)`` / ``(N, d1, …, dk)`` / ``()``; or floating class
+      probabilities ``q`` of ``scores``' shape: row loss ``−Σ_k w_k q_k log p_k``,
+      gradient ``(Σ_k w_k q_k) p − w ⊙ q``; ``q`` need not sum to 1 (as in
+      torch); "mean" divides by the number of rows, never by the weights;
+      ``ignore_index`` is an error there.
     - ``reduction``: ``"mean"`` (divide by the number of rows, or by
       ``Σ weight[y_i]`` with weights, ignored rows left out), ``"sum"`` or
       ``"none"`` (one loss per row).
@@ -41,13 +50,19 @@ def softmax_loss(
       whose rows contribute nothing; ``label_smoothing``: ``ε`` in ``[0, 1]``,
       mixing the one-hot target with the uniform ``1/C``. All three mean what
       they mean in ``torch.nn.functional.cross_entropy``.
+    - ``z_loss``: ``ζ ≥ 0`` adds ``ζ · lse(z_i)²`` per counted row (PaLM's
+      z-loss; unweighted; "mean" divides it by the number of counted rows,
+      even with class weights), gradient ``2ζ lse_i p_i``.
+    - ``softcap``: ``c > 0`` replaces the logits by ``z = c · tanh(s / c)``
+      before everything else (Gemma 2); the gradient is chained through
+      ``1 − tanh²(s/c)``. None: no cap, and no cost.
     - ``engine``: ``"auto"``, ``"reference"`` or ``"fused"``.
-    - ``out``: optional ``(N, C)`` array of ``scores``' dtype that receives the
+    - ``out``: optional array of ``scores``' shape and dtype that receives the
       gradient (pass ``out=scores`` to overwrite the scores in place and avoid
       any ``(N, C)`` allocation in the fused engines).
 
     Returns ``(loss, dscores)``: ``loss`` is 0-d (``"mean"``, ``"sum"``) or
-    ``(N,)`` (``"none"``); ``dscores[i] = ∂loss/∂scores[i]``, in the plain case
+    ``(N,)`` / ``(N, d1, …, dk)`` (``"none"``); ``dscores[i] = ∂loss/∂scores[i]``, in the plain case
     ``(softmax(scores) − onehot(y)) / N``. Both have ``scores``' dtype and
     live in its namespace and on its device. Inputs are never modified
     (except ``out``).
@@ -59,18 +74,20 @@ def softmax_loss(
 
             if out is not None:
                 raise ValueError("out= cannot be combined with a scores tensor that requires grad")
+            # z_loss / softcap only when set: the adapter's signature gains them in issue 15 (xsoftmax.torch).
+            extra = {k: v for k, v in (("z_loss", z_loss), ("softcap", softcap)) if v not in (0.0, None)}
             return _autograd_softmax_loss(
                 scores, y, weight=weight, reduction=reduction, ignore_index=ignore_index,
-                label_smoothing=label_smoothing,
+                label_smoothing=label_smoothing, **extra,
             )  # fmt: skip
         if path is not None:
             routed = run_path(
                 path, scores, y, weight=weight, out=out, reduction=reduction,
-                ignore_index=ignore_index, label_smoothing=label_smoothing,
+                ignore_index=ignore_index, label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap,
             )  # fmt: skip
             if routed is not None:
                 return routed
     return dispatch_softmax_loss(
         scores, y, reduction=reduction, weight=weight, ignore_index=ignore_index,
-        label_smoothing=label_smoothing, engine=engine, out=out,
+        label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap, engine=engine, out=out,
     )  # fmt: skip

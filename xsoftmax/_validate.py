@@ -187,8 +187,20 @@ def check_loss_inputs(
     ignore_index: Any,
     label_smoothing: Any,
     engine: Any,
+    z_loss: Any = 0.0,
+    softcap: Any = None,
+    kdim: bool = False,
 ) -> LossInputs:
-    """Validate every argument of ``softmax_loss``; see DESIGN.md "Bad input"."""
+    """Validate every argument of ``softmax_loss``; see DESIGN.md "Bad input".
+
+    ``y`` holds integer class labels, or floating class probabilities of the
+    scores' shape. ``kdim=False``: scores must be ``(N, C)`` (the entry points
+    that take only 2-D scores). ``kdim=True`` (``softmax_loss``): also
+    ``(N, C, d1, …, dk)`` with labels ``(N, d1, …, dk)``, and ``(C,)`` with a
+    0-d label; the returned ``LossInputs`` then keeps the scores' shape and
+    holds labels flattened to ``(N·d1⋯dk,)`` (rows in C order), for
+    :mod:`xsoftmax._dispatch` to turn into the engines' 2-D rows.
+    """
     arrays = resolve(scores, y, weight, names=("scores", "y", "weight"))
     xp = arrays.xp
     if arrays.backend != "numpy":  # NumPy arrays: all on the CPU
@@ -204,14 +216,16 @@ def check_loss_inputs(
                 "they are NumPy arrays"
             )
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}{device_hint}")
-    # numbers.Real / Integral: NumPy scalars (np.float32(0.1), np.int64(-100)) are fine too.
-    if type(label_smoothing) is not float and (
-        isinstance(label_smoothing, bool) or not isinstance(label_smoothing, numbers.Real)
-    ):
-        raise TypeError(f"label_smoothing must be a float in [0, 1], got {label_smoothing!r}")
-    label_smoothing = float(label_smoothing)
+    label_smoothing = _real_option(label_smoothing, "label_smoothing", "a float in [0, 1]")
     if not (0.0 <= label_smoothing <= 1.0) or math.isnan(label_smoothing):
         raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing!r}")
+    z_loss = _real_option(z_loss, "z_loss", "a float >= 0")
+    if not (0.0 <= z_loss < math.inf):
+        raise ValueError(f"z_loss must be a finite float >= 0, got {z_loss!r}")
+    if softcap is not None:
+        softcap = _real_option(softcap, "softcap", "None or a float > 0")
+        if not (0.0 < softcap < math.inf):
+            raise ValueError(f"softcap must be None or a finite float > 0, got {softcap!r}")
     if ignore_index is not None and (
         isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral)
     ):
@@ -219,43 +233,106 @@ def check_loss_inputs(
     if ignore_index is not None:
         ignore_index = int(ignore_index)
 
-    if scores.ndim != 2:
-        raise ValueError(f"scores must be 2-D with shape (N, C), got shape {_shape(scores)}")
+    _check_scores_shape(scores, kdim)
     check_floating(xp, scores, "scores")
-    n, c = scores.shape
+    c = scores.shape[1] if scores.ndim > 1 else scores.shape[0]
     if _known(c) and c < 1:
         raise ValueError(f"scores must have at least one class (C >= 1), got shape {_shape(scores)}")
-    if y.ndim != 1:
-        one_hot = ""
-        if y.ndim == 2 and _shape(y) == _shape(scores):
-            one_hot = (
-                "; y looks like one-hot rows of shape (N, C): pass the class indices, "
-                "y.argmax(axis=1)"
-            )
-        raise ValueError(f"y must be 1-D with shape (N,) = ({n},), got shape {_shape(y)}{one_hot}")
-    if type(y) is np.ndarray:
-        integral = y.dtype.kind in "iu"  # (NumPy's isdtype costs more than the labels' check)
-    else:
-        integral = not xp.isdtype(y.dtype, "bool") and xp.isdtype(y.dtype, "integral")
-    if not integral:
-        cast = ""
-        if xp.isdtype(y.dtype, "real floating"):
-            cast = "; cast labels stored as floats with y.astype(np.int64) (or xp.astype(y, xp.int64))"
-        raise TypeError(f"y must have an integer dtype, got {y.dtype}{cast}")
-    if _known(n) and _known(y.shape[0]) and y.shape[0] != n:
-        raise ValueError(
-            f"y must have one label per row of scores: scores has N = {n} rows, "
-            f"y has shape {_shape(y)}"
-        )
     if weight is not None:
         if weight.ndim != 1 or (_known(c) and _known(weight.shape[0]) and weight.shape[0] != c):
             raise ValueError(f"weight must have shape (C,) = ({c},), got shape {_shape(weight)}")
         check_floating(xp, weight, "weight")
+    options = dict(z_loss=z_loss, softcap=softcap, backend=arrays.backend)
+    if _is_probability_dtype(xp, y):
+        if not _same_shape(_shape(y), _shape(scores)):
+            raise ValueError(
+                f"y: a floating y holds class probabilities and must have the scores' shape "
+                f"{_shape(scores)}, got shape {_shape(y)}; for class labels y must have an integer "
+                "dtype: cast labels stored as floats with y.astype(np.int64) (or xp.astype(y, xp.int64))"
+            )
+        if ignore_index is not None:
+            raise ValueError(
+                f"ignore_index={ignore_index} is not supported with probability targets (a floating y); "
+                "pass ignore_index=None, as torch.nn.functional.cross_entropy refuses it too"
+            )
+        return LossInputs(xp, scores, y, weight, None, label_smoothing, reduction, False, **options)
+    y = _check_label_shape(xp, scores, y)
     y = _wide_labels(xp, y, c, ignore_index)
     y, unchecked = check_labels(xp, y, c, ignore_index, backend=arrays.backend)
-    return LossInputs(
-        xp, scores, y, weight, ignore_index, label_smoothing, reduction, unchecked, backend=arrays.backend
-    )
+    return LossInputs(xp, scores, y, weight, ignore_index, label_smoothing, reduction, unchecked, **options)
+
+
+def _real_option(value: Any, name: str, expected: str) -> float:
+    """``value`` as a float: a Python or NumPy real (not bool), else ``TypeError``."""
+    if type(value) is not float and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
+        raise TypeError(f"{name} must be {expected}, got {value!r}")
+    return float(value)
+
+
+def _same_shape(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
+    """Equal shapes, a dimension a lazy backend does not know yet matching anything."""
+    if len(a) != len(b):
+        return False
+    return all(not (_known(i) and _known(j)) or i == j for i, j in zip(a, b, strict=True))
+
+
+def _is_probability_dtype(xp: ArrayNamespace, y: Array) -> bool:
+    if type(y) is np.ndarray:
+        return bool(y.dtype.kind == "f")
+    return bool(xp.isdtype(y.dtype, "real floating"))
+
+
+def _check_scores_shape(scores: Array, kdim: bool) -> None:
+    if kdim:
+        if scores.ndim < 1:
+            raise ValueError(
+                "scores must have shape (N, C), (N, C, d1, ..., dk) or (C,), got a 0-d array"
+            )
+    elif scores.ndim != 2:
+        raise ValueError(f"scores must be 2-D with shape (N, C), got shape {_shape(scores)}")
+
+
+def _check_label_shape(xp: ArrayNamespace, scores: Array, y: Array) -> Array:
+    """Integer labels of the shape the scores call for; returned as ``(R,)`` rows."""
+    shape = _shape(scores)
+    if scores.ndim == 1:
+        expected: tuple[Any, ...] = ()
+    else:
+        expected = (shape[0], *shape[2:])
+    if type(y) is np.ndarray:
+        integral = y.dtype.kind in "iu"  # (NumPy's isdtype costs more than the labels' check)
+    else:
+        integral = not xp.isdtype(y.dtype, "bool") and xp.isdtype(y.dtype, "integral")
+    if y.ndim == len(expected) + 1 and _same_shape(_shape(y), shape) and integral:
+        raise ValueError(
+            f"y has the scores' shape {shape} but an integer dtype: pass class indices of "
+            f"shape {expected}{' (one-hot rows: y.argmax(axis=1))' if shape[1:] else ''}, or cast class "
+            "probabilities to a floating dtype"
+        )
+    if y.ndim != len(expected):
+        if scores.ndim == 2:
+            raise ValueError(f"y must be 1-D with shape (N,) = ({shape[0]},), got shape {_shape(y)}")
+        raise ValueError(
+            f"y must have shape {expected} (scores {shape} without the class axis 1), "
+            f"got shape {_shape(y)}"
+        )
+    if not integral:
+        raise TypeError(
+            f"y must have an integer dtype, got {y.dtype} (or a floating dtype for class probabilities)"
+        )
+    if scores.ndim == 2:
+        if _known(shape[0]) and _known(y.shape[0]) and y.shape[0] != shape[0]:
+            raise ValueError(
+                f"y must have one label per row of scores: scores has N = {shape[0]} rows, "
+                f"y has shape {_shape(y)}"
+            )
+        return y
+    if not _same_shape(_shape(y), expected):
+        raise ValueError(
+            f"y must have shape {expected} (scores {shape} without the class axis 1), "
+            f"got shape {_shape(y)}"
+        )
+    return xp.reshape(y, (-1,))
 
 
 def check_out(xp: ArrayNamespace, out: Any, scores: Array) -> None:

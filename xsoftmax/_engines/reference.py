@@ -22,7 +22,16 @@ from __future__ import annotations
 
 from .._backend import device, scalar_like
 from .._dtypes import narrow, widen
-from .._reduction import LossInputs, reduce_loss, row_coefficients, row_loss
+from .._reduction import (
+    LossInputs,
+    is_probability,
+    probability_c,
+    reduce_loss,
+    row_coefficients,
+    row_loss,
+    softcap_factor,
+    z_rows,
+)
 from .._typing import Array, ArrayNamespace
 from .._validate import bad_labels
 
@@ -57,42 +66,66 @@ def _col(v: Array) -> Array:
 def softmax_loss(inputs: LossInputs, /, *, out: Array | None = None) -> tuple[Array, Array]:
     r"""The generic engine: several array passes, readable rather than fast.
 
-    With ``z = s − m`` (row max ``m``), ``l = log Σ_k e^{z_k}``,
-    ``p = e^{z} / Σ e^{z}``, ``t = z_y`` and ``u = Σ_k w_k z_k``, the loss is
-    assembled by :func:`xsoftmax._reduction.row_loss` and the gradient is
+    With ``z = c tanh(s/c)`` under ``softcap=c`` (else ``z = s``), shifted by
+    the row max ``m``: ``l = log Σ_k e^{z_k − m}``, ``p = e^{z − m} / Σ e^{z − m}``,
+    ``t = z_y − m``, ``u = Σ_k w_k (z_k − m)``; for probability targets ``q``
+    also ``Q = Σ_k w_k q_k`` and ``uq = Σ_k w_k q_k (z_k − m)``. The rows' loss
+    comes from :func:`xsoftmax._reduction.row_loss` (and :func:`~xsoftmax._reduction.z_rows`
+    with ``lse = m + l``), the gradient is
 
-    .. math::  ∂\text{loss}/∂s_{ik} = c_i p_{ik} − a_i 1[k = y_i] − b_i w_k,
+    .. math::  ∂\text{loss}/∂s_{ik} = [(c_i + zc_i\,lse_i) p_{ik} − a_i T_{ik} − b_i w_k]\, g_{ik},
 
-    i.e. ``(p − onehot(y)) / N`` in the plain case: the "−1" of CS231n's
+    ``T_ik = 1[k = y_i]`` (labels) or ``w_k q_ik`` (probabilities, ``c_i = a Q_i + b W``),
+    ``g = 1 − tanh²(s/c)`` under softcap (else no multiply at all):
+    ``(p − onehot(y)) / N`` in the plain case, the "−1" of CS231n's
     ``dscores[range(N), y] -= 1``.
     """
     xp, y = inputs.xp, inputs.y
     s = widen(xp, inputs.scores)
     c = s.shape[1]
     w = None if inputs.weight is None else xp.astype(inputs.weight, s.dtype)
-    z, _ = shifted(xp, s, 1)
+    cap = inputs.softcap
+    capped = s if cap is None else cap * xp.tanh(s / cap)
+    z, m = shifted(xp, capped, 1)
     e = xp.exp(z)
     se = xp.sum(e, axis=1)
     l = xp.log(se)  # noqa: E741 (the l of the docstring)
-    hot = one_hot(xp, y, c)
+    p = e / se[:, None]
     zero = scalar_like(xp, 0.0, z)
-    t = xp.sum(xp.where(hot, z, zero), axis=1)
     u = None
     if inputs.label_smoothing:
         u = xp.sum(z * w, axis=1) if w is not None else xp.sum(z, axis=1)
     coef = row_coefficients(inputs._replace(weight=w), s.dtype)
-    rows = row_loss(xp, coef, l, t, u)
-
-    d = _col(coef.c) * (e / se[:, None]) - xp.where(hot, _col(coef.a), zero)
+    if is_probability(inputs):
+        q = xp.astype(y, s.dtype)
+        wq = q * w if w is not None else q
+        q_sum = xp.sum(wq, axis=1)
+        # 0 · (−inf) = NaN where q = 0 at a −inf logit: torch's −Σ w q log_softmax does the same.
+        rows = row_loss(xp, coef, l, xp.sum(wq * z, axis=1), u, q_sum=q_sum)
+        pc = probability_c(coef, q_sum)
+        target = _col(coef.a) * wq
+    else:
+        hot = one_hot(xp, y, c)
+        rows = row_loss(xp, coef, l, xp.sum(xp.where(hot, z, zero), axis=1), u)
+        pc = coef.c
+        target = xp.where(hot, _col(coef.a), zero)
+    zrows = None
+    if coef.zc is not None:
+        lse = m[:, 0] + l
+        zrows = z_rows(xp, coef, lse)
+        pc = pc + coef.zc * lse
+    d = _col(pc) * p - target
     if coef.b is not None:
         d = d - _col(coef.b) * (w if w is not None else scalar_like(xp, 1.0, z))
+    if cap is not None:
+        d = d * softcap_factor(xp, capped, cap)
     if inputs.labels_unchecked:
         # Traced JAX labels cannot raise; a bad label poisons its row with NaN.
         bad = bad_labels(y, c, inputs.ignore_index)
         nan = scalar_like(xp, float("nan"), z)
         rows = xp.where(bad, nan, rows)
         d = xp.where(bad[:, None], nan, d)
-    loss = reduce_loss(xp, coef, rows, inputs.reduction)
+    loss = reduce_loss(xp, coef, rows, inputs.reduction, zrows=zrows)
     dtype = inputs.scores.dtype
     loss, d = narrow(xp, loss, dtype), narrow(xp, d, dtype)
     if out is not None:
