@@ -129,6 +129,14 @@ def test_probabilities_refuse_nonnegative_ignore_index_like_torch():
         cross_entropy(x, q, ignore_index=0)
 
 
+def test_probability_target_requiring_grad_is_refused():
+    x, q, _ = make((6, 4), torch.float64, probabilities=True)
+    with pytest.raises(ValueError, match=r"target requires grad.*target.detach\(\)"):
+        cross_entropy(x, q.requires_grad_())
+    with torch.no_grad():
+        cross_entropy(x, q)  # nothing is differentiated there
+
+
 def test_kdim_bad_label_names_its_position():
     x, y, _ = make((2, 4, 3), torch.float64, probabilities=False)
     y[1, 2] = 9

@@ -334,6 +334,12 @@ def cross_entropy(
     """
     if _check_inputs(input, target, weight):
         _probability_ignore_index(ignore_index)
+        if target.requires_grad and torch.is_grad_enabled():
+            # Its gradient (−w log p) is not formed: refuse rather than return none silently.
+            raise ValueError(
+                "target requires grad, but xsoftmax.torch.cross_entropy differentiates only input; "
+                "pass target.detach(), or use torch.nn.functional.cross_entropy to differentiate targets"
+            )
         xs_ignore = None
     else:
         xs_ignore = _xs_ignore_index(target, input.shape[1], ignore_index)
