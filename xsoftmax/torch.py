@@ -274,7 +274,7 @@ def _probability_ignore_index(ignore_index: Any) -> None:
     """torch's rule for probability targets: a negative ``ignore_index`` is unused, ``>= 0`` an error."""
     if isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral):
         raise TypeError(f"ignore_index must be an int, got {ignore_index!r}")
-    if ignore_index >= 0:
+    if int(ignore_index) >= 0:
         raise ValueError(
             f"ignore_index={ignore_index} is not supported with class-probability targets (target of "
             f"input's shape), as in torch; leave it at its default -100"
