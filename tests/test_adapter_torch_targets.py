@@ -194,3 +194,24 @@ def test_linear_cross_entropy_z_loss_softcap(reduction, zeta, cap):
         weight=weight, reduction=reduction, label_smoothing=0.1, z_loss=zeta, softcap=cap
     )
     torch.testing.assert_close(mod(x, lw, y, lb), want.detach())
+
+
+@pytest.mark.parametrize("probabilities", [False, True], ids=["labels", "probabilities"])
+def test_softmax_loss_of_a_tensor_requiring_grad_carries_the_new_options(probabilities):
+    """``xs.softmax_loss`` routes such a tensor through the adapter: z_loss, softcap and K-dim reach it."""
+    from _oracle import oracle_softmax_loss
+
+    import xsoftmax as xs
+
+    x, y, w = make((2, 5, 3), torch.float64, probabilities=probabilities)
+    opts = dict(weight=w, label_smoothing=0.1, z_loss=0.05, softcap=3.0, reduction="sum")
+    if not probabilities:
+        y[0, 1] = -100
+        opts["ignore_index"] = -100
+    leaf = x.clone().requires_grad_()
+    loss, dscores = xs.softmax_loss(leaf, y, **opts)
+    loss.backward()
+    want_loss, want_grad = oracle_softmax_loss(x.numpy(), y.numpy(), **{**opts, "weight": w.numpy()})
+    torch.testing.assert_close(loss.detach(), torch.tensor(float(want_loss), dtype=torch.float64))
+    torch.testing.assert_close(leaf.grad, torch.from_numpy(want_grad))
+    torch.testing.assert_close(dscores, torch.from_numpy(want_grad))
