@@ -215,3 +215,21 @@ def test_softmax_loss_of_a_tensor_requiring_grad_carries_the_new_options(probabi
     torch.testing.assert_close(loss.detach(), torch.tensor(float(want_loss), dtype=torch.float64))
     torch.testing.assert_close(leaf.grad, torch.from_numpy(want_grad))
     torch.testing.assert_close(dscores, torch.from_numpy(want_grad))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("probabilities", [False, True], ids=["labels", "probabilities"])
+def test_half_precision_is_computed_in_float32(dtype, probabilities):
+    x, y, w = make((4, 5, 3), dtype, probabilities=probabilities)
+    opts = dict(weight=w, label_smoothing=0.1, z_loss=1e-2, softcap=4.0)
+    leaf = x.clone().requires_grad_()
+    loss = cross_entropy(leaf, y, **opts)
+    loss.backward()
+    ref_in = x.double().requires_grad_()
+    y64 = y.double() if probabilities else y
+    want = torch_formula(ref_in, y64, **{**opts, "weight": w.double()})
+    want.backward()
+    rtol, atol = {torch.float16: (1e-2, 2e-3), torch.bfloat16: (4e-2, 2e-2)}[dtype]  # one rounding
+    assert loss.dtype == dtype and leaf.grad.dtype == dtype
+    torch.testing.assert_close(loss.double(), want.detach(), rtol=rtol, atol=atol)
+    torch.testing.assert_close(leaf.grad.double(), ref_in.grad, rtol=rtol, atol=atol)
