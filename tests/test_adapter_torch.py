@@ -257,14 +257,16 @@ def test_out_of_range_label_names_target(label, ignore_index):
 
 def test_bad_shapes_and_dtypes_name_the_argument():
     x, y, _ = make()
-    with pytest.raises(ValueError, match="input must be 2-D"):
+    with pytest.raises(ValueError, match=r"input must have shape \(N, C\) or \(N, C, d1"):
         cross_entropy(x[0], y)
     with pytest.raises(ValueError, match="target must have shape"):
         cross_entropy(x, y[:-1])
     with pytest.raises(ValueError, match="weight must have shape"):
         cross_entropy(x, y, weight=torch.ones(C + 1))
-    with pytest.raises(TypeError, match="target must hold class indices"):
-        cross_entropy(x, torch.softmax(x, 1))
+    with pytest.raises(TypeError, match=r"holds class probabilities and must have a floating dtype"):
+        cross_entropy(x, y[:, None].repeat(1, C))
+    with pytest.raises(ValueError, match=r"must have input's shape \(12, 7\), got shape \(12, 6\)"):
+        cross_entropy(x, torch.softmax(x, 1)[:, :6])
     with pytest.raises(TypeError, match="input must have a floating dtype"):
         cross_entropy(y[:, None].repeat(1, C), y)
     with pytest.raises(TypeError, match="input must be a torch.Tensor"):

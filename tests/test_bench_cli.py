@@ -16,7 +16,7 @@ import pytest
 import xsoftmax as xs
 from xsoftmax._cli import bench, main, plotting
 from xsoftmax._cli import timing as _timing
-from xsoftmax._cli.check import engines_for, oracle_softmax_loss
+from xsoftmax._cli.check import enable_jax_float64, engines_for, oracle_softmax_loss
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -26,6 +26,7 @@ ROW_SCHEMA = {
     "kind": str,
     "shape": str,
     "dtype": str,
+    "case": str,
     "device": str,
     "median_ms": float,
     "spread_ms": float,
@@ -361,3 +362,46 @@ def test_plot_of_one_shape_is_a_bar_chart_and_of_several_a_line_chart():
     lines = bench.figure(rows + [_row("numpy", "fused", "4096x10000", 9.0, 2.2)])
     assert lines.axes[0].get_xscale() == "log" and not lines.axes[0].patches
     plt.close(lines)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch", "jax"])
+@pytest.mark.parametrize("case", bench.CASES)
+def test_cases_of_issue_15_match_the_oracle(backend, case):
+    pytest.importorskip(backend)
+    if backend == "jax":
+        enable_jax_float64()
+    unit = bench.make_case(backend, "reference", (40, 9), "float64", case=case)
+    assert unit.case == case and (case == "plain" or unit.engine == f"reference[{case}]")
+    loss, d = unit.result()
+    assert d.shape == (40, 9)  # K-dim gradients come back as the oracle's rows
+    assert bench.max_abs_err(unit, (loss, d), block=50) < 1e-12
+    d = d.copy()  # (a JAX result is read-only)
+    d[5, 2] += 1e-3  # the check sees a wrong gradient in every case
+    assert bench.max_abs_err(unit, (loss, d), block=50) == pytest.approx(1e-3)
+
+
+def test_kdim_case_is_a_kdim_batch_of_the_same_rows():
+    scores, y = bench.host_inputs((16, 5), "float64", seed=1)
+    s, yk, rows, rows_y, options = bench.case_inputs("kdim", scores, y)
+    assert s.shape == (2, 5, 8) and yk.shape == (2, 8) and options == {}
+    np.testing.assert_array_equal(np.moveaxis(s, 1, -1).reshape(16, 5), rows)
+    with pytest.raises(ValueError, match="divisible by 8"):
+        bench.case_inputs("kdim", scores[:7], y[:7])
+    with pytest.raises(ValueError, match="case must be one of"):
+        bench.make_case("numpy", "fused", (8, 3), "float32", case="mixup")
+    with pytest.raises(ValueError, match="in-memory backends"):
+        bench.make_case("dask", "fused", (8, 3), "float32", case="probs")
+
+
+def test_cli_case_rows_in_table_and_json(tmp_path, capsys):
+    out_json = tmp_path / "bench.json"
+    assert main([
+        "bench", "--backends", "numpy", "--engines", "fused", "--shapes", "64x16", "--repeat", "1",
+        "--case", "plain,probs,zloss-softcap,kdim", "--json", str(out_json),
+    ]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    for label in ("fused[probs]", "fused[zloss-softcap]", "fused[kdim]"):
+        assert label in out
+    rows = json.loads(out_json.read_text())["rows"]
+    assert [r["case"] for r in rows] == ["plain", "probs", "zloss-softcap", "kdim"]
+    assert all(r["max_abs_err"] < 1e-5 for r in rows)

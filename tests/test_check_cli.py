@@ -19,6 +19,7 @@ from xsoftmax._cli.check import (
     oracle_log_softmax,
     oracle_logsumexp,
     oracle_softmax_loss,
+    target_checks,
 )
 from xsoftmax._engines import ENGINES
 
@@ -151,6 +152,38 @@ def test_check_fails_on_a_broken_reference(monkeypatch, capsys):
     assert main(["check", "--backends", "numpy", "--engines", "reference"]) == 1
     out = capsys.readouterr().out
     assert "FAIL" in _row(out, "numpy", "reference") and "smoothing=0.1" in out
+
+
+@pytest.mark.parametrize(
+    ("broken", "case"),
+    [
+        (lambda inp: inp.z_loss > 0, "z_loss="),
+        (lambda inp: inp.softcap is not None, "softcap="),
+        (lambda inp: inp.y.ndim == 2, "probabilities"),
+    ],
+    ids=["z-loss", "softcap", "probabilities"],
+)
+def test_check_covers_the_issue_15_options(monkeypatch, capsys, broken, case):
+    """An engine wrong only under one new option fails ``xsoftmax check``, naming a case with it."""
+    reference = reference_engine.softmax_loss
+
+    def off(inp, *, out=None):
+        loss, d = reference(inp, out=out)
+        return loss, (d * 1.001 if broken(inp) else d)
+
+    monkeypatch.setattr(reference_engine, "softmax_loss", off)
+    assert main(["check", "--backends", "numpy", "--engines", "reference", "-v"]) == 1
+    failures = [line for line in capsys.readouterr().out.splitlines() if line.startswith("FAIL ")]
+    assert failures and all(case in line for line in failures)
+
+
+def test_target_checks_cover_kdim_and_every_option():
+    cases = [c[0] for c in target_checks("numpy", "reference", 0)]
+    for text in ("K-dim labels", "K-dim probabilities", "probabilities", "z_loss=", "softcap=", "-inf mask"):
+        assert any(text in c for c in cases), text
+    assert {r for r in ("mean", "sum", "none") if any(f"reduction={r}" in c for c in cases)} == {
+        "mean", "sum", "none",
+    }  # fmt: skip
 
 
 def test_check_rejects_unknown_names(capsys):

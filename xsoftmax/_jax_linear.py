@@ -31,10 +31,10 @@ __all__ = ["linear_cross_entropy"]
 
 
 def _options(opts: tuple[Any, ...], weight: Any) -> dict[str, Any]:
-    reduction, ignore_index, label_smoothing, chunk_rows = opts
+    reduction, ignore_index, label_smoothing, chunk_rows, z_loss, softcap = opts
     return dict(
         reduction=reduction, weight=weight, ignore_index=ignore_index,
-        label_smoothing=label_smoothing, chunk_rows=chunk_rows,
+        label_smoothing=label_smoothing, chunk_rows=chunk_rows, z_loss=z_loss, softcap=softcap,
     )  # fmt: skip
 
 
@@ -77,13 +77,15 @@ def linear_cross_entropy(
     weight: Array | None = None,
     ignore_index: int | None = None,
     label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
     chunk_rows: int | None = None,
 ) -> Array:
     r"""Softmax cross-entropy of ``x wᵀ + b`` against integer ``labels``, in row chunks.
 
     ``x`` ``(…, D)``, ``w`` ``(C, D)`` (``nn.Linear`` layout), ``labels``
     ``(…)``, ``b`` ``(C,)`` or None; ``reduction``, ``weight``,
-    ``ignore_index`` and ``label_smoothing`` as in
+    ``ignore_index``, ``label_smoothing``, ``z_loss`` and ``softcap`` as in
     :func:`xsoftmax.softmax_loss`; ``chunk_rows`` as in
     :func:`xsoftmax.linear_softmax_loss`. Returns a 0-d loss or the ``(…)``
     row losses ("none"); differentiable in ``x``, ``w`` and ``b``.
@@ -98,6 +100,6 @@ def linear_cross_entropy(
             f"x (..., D) and w (C, D) do not chain: x has shape {tuple(x.shape)}, w has shape "
             f"{tuple(w.shape)} (expected (C, {x.shape[-1]}))"
         )
-    opts = (reduction, ignore_index, label_smoothing, chunk_rows)
+    opts = (reduction, ignore_index, label_smoothing, chunk_rows, z_loss, softcap)
     loss = _loss(x.reshape(-1, x.shape[-1]), w, b, labels.reshape(-1), weight, opts)
     return loss.reshape(labels.shape) if reduction == "none" else loss

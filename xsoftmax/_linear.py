@@ -48,7 +48,7 @@ from ._backend import array_namespace, backend_name, device
 from ._dtypes import compute_dtype
 from ._engines import select_engine
 from ._reduction import mean_denominator as reduction_denominator
-from ._reduction import row_coefficients, row_loss
+from ._reduction import row_coefficients, row_loss, softcap_factor, z_rows
 from ._typing import Array, ArrayNamespace, DType
 from ._validate import (
     LossInputs,
@@ -95,6 +95,8 @@ class Problem(NamedTuple):
     dtype: DType  # of the results
     cdt: DType  # of the arithmetic
     chunk_rows: int | None  # None: default_chunk_rows
+    z_loss: float = 0.0
+    softcap: float | None = None
 
 
 def default_chunk_rows(n: int) -> int:
@@ -117,6 +119,8 @@ def check_linear_inputs(
     ignore_index: Any,
     label_smoothing: Any,
     chunk_rows: Any,
+    z_loss: Any = 0.0,
+    softcap: Any = None,
 ) -> Problem:
     """Validate every argument of :func:`linear_softmax_loss` (DESIGN.md "Bad input")."""
     names = ("x", "w", "b", "y", "weight")
@@ -142,6 +146,12 @@ def check_linear_inputs(
             f"y must have shape (N,) with one label per row of x: x has shape {_shape(x)}, "
             f"y has shape {_shape(y)}"
         )
+    if xp.isdtype(y.dtype, "real floating"):
+        # Class probabilities would need an (N, C) target, which the fused loss exists to avoid.
+        raise TypeError(
+            f"y must have an integer dtype (class labels), got {y.dtype}: linear_softmax_loss takes no "
+            "probability targets; cast labels stored as floats with y.astype(np.int64)"
+        )
     if chunk_rows is not None:
         chunk_rows = check_positive_int(chunk_rows, "chunk_rows")
     dtypes = [a.dtype for a in (x, w, b) if a is not None]
@@ -156,13 +166,15 @@ def check_linear_inputs(
         weight=weight,
         ignore_index=ignore_index,
         label_smoothing=label_smoothing,
+        z_loss=z_loss,
+        softcap=softcap,
         engine="auto",
     )
     y = _wide_labels(xp, y, c, stub.ignore_index)
     y, unchecked = check_labels(xp, y, c, stub.ignore_index, backend=backend_name(xp))
     return Problem(
         xp, x, w, b, y, weight, stub.ignore_index, stub.label_smoothing, stub.reduction,
-        unchecked, dtype, cdt, chunk_rows,
+        unchecked, dtype, cdt, chunk_rows, stub.z_loss, stub.softcap,
     )  # fmt: skip
 
 
@@ -170,15 +182,27 @@ def _unknown(dim: Any) -> bool:
     return dim is None or (isinstance(dim, float) and math.isnan(dim))
 
 
-def mean_denominator(p: Problem) -> Array:
-    """``D = Σ_i v_i w_{y_i}`` over all labels, once, by the shared loss semantics."""
-    return reduction_denominator(p.xp, p.y, weight=p.weight, ignore_index=p.ignore_index, dtype=p.cdt)
+class Denominators(NamedTuple):
+    """The whole batch's "mean" denominators, computed once before the first chunk."""
+
+    ce: Array  # D = Σ_i v_i w_{y_i}
+    z: Array | None  # V = Σ_i v_i, with z-loss only
 
 
-def _chunk_inputs(p: Problem, s: Array, r0: int, r1: int, denom: Array | None) -> LossInputs:
+def mean_denominator(p: Problem) -> Denominators:
+    """``D`` and, with z-loss, ``V`` over all labels, once, by the shared loss semantics."""
+    ce = reduction_denominator(p.xp, p.y, weight=p.weight, ignore_index=p.ignore_index, dtype=p.cdt)
+    z = None
+    if p.z_loss:
+        z = reduction_denominator(p.xp, p.y, weight=None, ignore_index=p.ignore_index, dtype=p.cdt)
+    return Denominators(ce, z)
+
+
+def _chunk_inputs(p: Problem, s: Array, r0: int, r1: int, denom: Denominators | None) -> LossInputs:
     return LossInputs(
         p.xp, s, p.y[r0:r1], p.weight, p.ignore_index, p.label_smoothing, p.reduction,
-        p.labels_unchecked, denom, backend_name(p.xp),
+        p.labels_unchecked, None if denom is None else denom.ce, backend_name(p.xp),
+        p.z_loss, p.softcap, None if denom is None else denom.z,
     )  # fmt: skip
 
 
@@ -191,7 +215,7 @@ def _finish(p: Problem, loss: Any, dx: Array, dw: Array, db: Array | None) -> tu
     return tuple(_cast(xp, a, p.dtype) for a in (loss, dx, dw, db))
 
 
-def _empty_loss(p: Problem, denom: Array | None) -> Array:
+def _empty_loss(p: Problem, denom: Denominators | None) -> Array:
     """The loss of ``N = 0`` rows: NaN for "mean" (``D = 0``), 0 for "sum", ``(0,)`` for "none"."""
     xp, dev = p.xp, device(p.x)
     if p.reduction == "none":
@@ -209,7 +233,7 @@ def native(xp: ArrayNamespace) -> tuple[Any, Any]:
     return mod, select_engine(backend_name(xp), "auto")
 
 
-def _mutable(p: Problem, denom: Array | None, mod: Any = None, engine: Any = None) -> tuple[Any, ...]:
+def _mutable(p: Problem, denom: Denominators | None, mod: Any = None, engine: Any = None) -> tuple[Any, ...]:
     """NumPy and CuPy: the fused engine in place on one buffer; products with ``out=``.
 
     ``mod`` and ``engine`` default to :func:`native`'s (tests pass the CuPy
@@ -264,7 +288,7 @@ def _mutable(p: Problem, denom: Array | None, mod: Any = None, engine: Any = Non
     return _finish(p, out_loss, dx, dw, db)
 
 
-def _functional(p: Problem, denom: Array | None) -> tuple[Any, ...]:
+def _functional(p: Problem, denom: Denominators | None) -> tuple[Any, ...]:
     """torch, JAX, array-api-strict: the namespace's engine on each chunk, no in-place updates."""
     xp = p.xp
     engine = select_engine(backend_name(xp), "auto")
@@ -304,7 +328,7 @@ def _functional(p: Problem, denom: Array | None) -> tuple[Any, ...]:
     return _finish(p, loss, dx, dw, db)
 
 
-def _eager(p: Problem, denom: Array | None) -> tuple[Any, ...]:
+def _eager(p: Problem, denom: Denominators | None) -> tuple[Any, ...]:
     if backend_name(p.xp) in ("numpy", "cupy"):
         return _mutable(p, denom)
     return _functional(p, denom)
@@ -321,6 +345,8 @@ def linear_softmax_loss(
     weight: Array | None = None,
     ignore_index: int | None = None,
     label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
     chunk_rows: int | None = None,
 ) -> tuple[Array, Array, Array, Array | None]:
     r"""Softmax cross-entropy of the logits ``x w + b``, with the gradients of ``x``, ``w`` and ``b``.
@@ -335,8 +361,9 @@ def linear_softmax_loss(
 
     - ``x``: ``(N, D)``; ``w``: ``(D, C)``; ``b``: ``(C,)`` or None.
     - ``y``: ``(N,)`` integer labels; ``reduction``, ``weight``,
-      ``ignore_index``, ``label_smoothing``: as in :func:`xsoftmax.softmax_loss`
-      (the "mean" denominator is the whole batch's).
+      ``ignore_index``, ``label_smoothing``, ``z_loss``, ``softcap``: as in
+      :func:`xsoftmax.softmax_loss` (the "mean" denominators ``D`` and, for
+      the z-loss, ``V`` are the whole batch's, computed once).
     - ``chunk_rows``: rows per chunk; default ``⌈N/16⌉`` clamped to
       ``[256, N]``, a buffer of about 1/16 of the logits.
 
@@ -350,7 +377,7 @@ def linear_softmax_loss(
     p = check_linear_inputs(
         x, w, b, y,
         reduction=reduction, weight=weight, ignore_index=ignore_index,
-        label_smoothing=label_smoothing, chunk_rows=chunk_rows,
+        label_smoothing=label_smoothing, chunk_rows=chunk_rows, z_loss=z_loss, softcap=softcap,
     )  # fmt: skip
     denom = mean_denominator(p) if p.reduction == "mean" else None
     if backend_name(p.xp) == "dask":
@@ -367,12 +394,13 @@ def _none_coefficients(p: Problem, yr: Array, weight: Array | None) -> Any:
     # w[:0] stands for the logits: the coefficients read only their class count.
     inputs = LossInputs(
         p.xp, p.w[:0], yr, weight, p.ignore_index, p.label_smoothing, "none",
-        p.labels_unchecked, None, backend_name(p.xp),
+        p.labels_unchecked, None, backend_name(p.xp), p.z_loss, p.softcap,
     )  # fmt: skip
     return row_coefficients(inputs, p.cdt)
 
 
 def _chunks(p: Problem) -> Any:
+    """``(r0, r1, x_r, z_r)``: each chunk's rows of ``x`` and its logits, softcapped when asked."""
     n = p.x.shape[0]
     rows = default_chunk_rows(n) if p.chunk_rows is None else min(p.chunk_rows, max(n, 1))
     for r0 in range(0, n, rows):
@@ -381,6 +409,8 @@ def _chunks(p: Problem) -> Any:
         s = p.xp.matmul(xr, _cast(p.xp, p.w, p.cdt))
         if p.b is not None:
             s = s + _cast(p.xp, p.b, p.cdt)
+        if p.softcap is not None:
+            s = p.xp.tanh(s / p.softcap) * p.softcap
         yield r0, r1, xr, s
 
 
@@ -406,7 +436,9 @@ def linear_lse_forward(p: Problem) -> tuple[Array, Array]:
     """``(row losses, lse)`` of every row, chunk by chunk: the forward pass of "none".
 
     With ``l_i = lse_i`` (no shift), ``t_i = s_{i,y_i}`` and ``u_i = Σ_k w_k s_ik``
-    the row loss is :func:`~xsoftmax._reduction.row_loss`; no gradient is formed.
+    the row loss is :func:`~xsoftmax._reduction.row_loss` (plus
+    :func:`~xsoftmax._reduction.z_rows` with z-loss); ``s`` is the softcapped
+    ``c tanh(s/c)`` under ``softcap``. No gradient is formed.
     """
     from ._primitives import logsumexp
 
@@ -420,7 +452,10 @@ def linear_lse_forward(p: Problem) -> tuple[Array, Array]:
         u = None
         if coef.beta is not None:
             u = xp.sum(s * weight, axis=1) if weight is not None else xp.sum(s, axis=1)
-        rows.append(_poison(p, yr, row_loss(xp, coef, lse, _target_logits(xp, s, yr), u)))
+        rl = row_loss(xp, coef, lse, _target_logits(xp, s, yr), u)
+        if coef.zrow is not None:
+            rl = rl + z_rows(xp, coef, lse)
+        rows.append(_poison(p, yr, rl))
         lses.append(lse)
     if not rows:
         empty = xp.zeros((0,), dtype=p.cdt, device=device(p.x))
@@ -431,9 +466,11 @@ def linear_lse_forward(p: Problem) -> tuple[Array, Array]:
 def linear_none_backward(p: Problem, lse: Array, grad_rows: Array) -> tuple[Array, Array, Array | None]:
     r"""``(dx, dw, db)`` of ``Σ_i γ_i loss_i`` ("none" with upstream ``γ``), from the kept ``lse``.
 
-    Each chunk's logits are recomputed; ``p_ik = exp(s_ik − lse_i)`` and the
-    row gradient is ``γ_i (c_i p_ik − a_i 1[k = y_i] − b_i w_k)`` with the
-    "none" coefficients of :func:`~xsoftmax._reduction.row_coefficients`.
+    Each chunk's logits are recomputed; ``p_ik = exp(z_ik − lse_i)`` and the
+    row gradient is ``γ_i ((c_i + zc_i lse_i) p_ik − a_i 1[k = y_i] − b_i w_k) · g_ik``
+    with the "none" coefficients of :func:`~xsoftmax._reduction.row_coefficients`
+    (``zc = 0`` without z-loss; ``z = c tanh(s/c)`` and ``g = 1 − (z/c)²`` under
+    ``softcap``, else ``z = s`` and no factor).
     """
     from ._engines.reference import one_hot
 
@@ -447,12 +484,16 @@ def linear_none_backward(p: Problem, lse: Array, grad_rows: Array) -> tuple[Arra
         yr = p.y[r0:r1]
         coef = _none_coefficients(p, yr, weight)
         gam = grad_rows[r0:r1]
-        prob = xp.exp(s - lse[r0:r1, None])
+        lse_r = lse[r0:r1]
+        prob = xp.exp(s - lse_r[:, None])
         hot = one_hot(xp, yr, s.shape[1])
-        g = (gam * coef.c)[:, None] * prob - xp.where(hot, (gam * coef.a)[:, None], xp.zeros_like(prob))
+        c = coef.c if coef.zc is None else coef.c + coef.zc * lse_r
+        g = (gam * c)[:, None] * prob - xp.where(hot, (gam * coef.a)[:, None], xp.zeros_like(prob))
         if coef.b is not None:
             wk = weight if weight is not None else xp.ones_like(prob[0])
             g = g - (gam * coef.b)[:, None] * wk
+        if p.softcap is not None:
+            g = g * softcap_factor(xp, s, p.softcap)
         g = _poison(p, yr, g)
         dxs.append(xp.matmul(g, xp.matrix_transpose(_cast(xp, p.w, p.cdt))))
         part = xp.matmul(xp.matrix_transpose(xr), g)

@@ -2,8 +2,8 @@ r"""Fused linear + softmax loss on Dask: the eager chunked code mapped over row 
 
 ``x`` is split by rows into blocks ``B_1 … B_K`` (all ``D`` features of a row
 in one block); ``w``, ``b`` and the class weights are one block each. The
-"mean" denominator ``D`` of the whole batch is a 0-d lazy array computed
-from the labels first (see :mod:`xsoftmax._linear`); each block's task runs
+"mean" denominator ``D`` of the whole batch (and ``V`` with z-loss) is a 0-d
+lazy array computed from the labels first (see :mod:`xsoftmax._linear`); each block's task runs
 the eager chunked code of its chunk type (NumPy, CuPy) with that ``D`` and
 yields ``(loss_b, dx_b, dw_b, db_b)``: ``dx`` is the concatenation of the
 ``dx_b``, and
@@ -34,7 +34,7 @@ def linear_softmax_loss_dask(
     """``(loss, dx, dw, db)`` as lazy Dask arrays for the validated problem ``p``.
 
     ``eager`` runs one block as :mod:`xsoftmax._linear` runs an in-memory
-    batch; ``denom`` is the whole batch's lazy "mean" denominator (else None).
+    batch; ``denom`` is the whole batch's lazy "mean" denominators (else None).
     """
     import dask.array as da
     from dask.array.utils import meta_from_array
@@ -48,7 +48,9 @@ def linear_softmax_loss_dask(
     if p.weight is not None:
         args += [p.weight.rechunk(-1), "k"]
     if p.reduction == "mean":
-        args += [denom, ()]
+        args += [denom.ce, ()]
+        if denom.z is not None:
+            args += [denom.z, ()]
     meta2 = x._meta.astype(p.dtype)
     quad = da.blockwise(
         _block,
@@ -61,6 +63,7 @@ def linear_softmax_loss_dask(
         options=p._replace(x=None, w=None, b=None, y=None, weight=None, xp=None),
         has_bias=p.b is not None,
         has_weight=p.weight is not None,
+        denominators=type(denom),  # _linear's record of D and V (not imported: _linear imports us)
     )
     meta1 = meta_from_array(meta2, ndim=1)
 
@@ -97,6 +100,7 @@ def _block(
     options: Any,
     has_bias: bool,
     has_weight: bool,
+    denominators: Any,
 ) -> tuple[Any, ...]:
     """``(loss_b, dx_b, dw_b[None], db_b[None])`` of one row block, by the eager chunked code."""
     x = _one(x)
@@ -104,7 +108,11 @@ def _block(
     extra_list = list(extra)
     b = xp.asarray(_one(extra_list.pop(0))) if has_bias else None
     weight = xp.asarray(_one(extra_list.pop(0))) if has_weight else None
-    denom = xp.asarray(extra_list.pop(0), dtype=options.cdt) if options.reduction == "mean" else None
+    denom = None
+    if options.reduction == "mean":
+        ce = xp.asarray(extra_list.pop(0), dtype=options.cdt)
+        z = xp.asarray(extra_list.pop(0), dtype=options.cdt) if options.z_loss else None
+        denom = denominators(ce, z)
     p = options._replace(xp=xp, x=x, w=xp.asarray(_one(w)), b=b, y=xp.asarray(y), weight=weight)
     loss, dx, dw, db = eager(p, denom)
     if options.reduction != "none":

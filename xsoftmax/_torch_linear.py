@@ -61,13 +61,15 @@ class _LinearCrossEntropy(torch.autograd.Function):
         reduction: str,
         label_smoothing: float,
         chunk_rows: int | None,
+        z_loss: float,
+        softcap: float | None,
     ) -> torch.Tensor:
         numpy = all(_host(t) for t in (x, linear_weight, linear_bias, target, weight))
         args = [_view(t, numpy) for t in (x, linear_weight, linear_bias, target, weight)]
         xv, wv, bv, yv, weightv = args
         options = dict(
             reduction=reduction, weight=weightv, ignore_index=ignore_index,
-            label_smoothing=label_smoothing, chunk_rows=chunk_rows,
+            label_smoothing=label_smoothing, chunk_rows=chunk_rows, z_loss=z_loss, softcap=softcap,
         )  # fmt: skip
         ctx.reduction = reduction
         ctx.has_bias = linear_bias is not None
@@ -89,7 +91,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 "linear_cross_entropy is differentiable once: its backward computes no graph, so "
                 "double backward (create_graph=True, higher-order gradients) is not supported"
             )
-        none = (None,) * 6
+        none = (None,) * 8
         if ctx.reduction != "none":
             dx, dW, db = ctx.saved_tensors
             return (dx * grad, dW * grad, db * grad if ctx.has_bias else None) + none
@@ -113,6 +115,8 @@ def linear_cross_entropy(
     ignore_index: int | None = -100,
     reduction: str = "mean",
     label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
     chunk_rows: int | None = None,
 ) -> torch.Tensor:
     r"""``F.cross_entropy(F.linear(input, linear_weight, linear_bias), target, ...)`` in row chunks.
@@ -120,7 +124,8 @@ def linear_cross_entropy(
     ``input`` ``(…, D)`` (a language model's ``(B, T, D)`` hidden states),
     ``linear_weight`` ``(C, D)``, ``linear_bias`` ``(C,)`` or None, ``target``
     ``(…)`` integer labels; ``weight``, ``ignore_index``, ``reduction`` and
-    ``label_smoothing`` as in ``torch.nn.functional.cross_entropy``.
+    ``label_smoothing`` as in ``torch.nn.functional.cross_entropy``;
+    ``z_loss`` and ``softcap`` as in :func:`xsoftmax.softmax_loss`.
     ``chunk_rows``: rows of logits per chunk (default: about 1/16 of them,
     see :func:`xsoftmax.linear_softmax_loss`). Returns a 0-d loss, or the
     ``(…)`` row losses for "none", differentiable once.
@@ -141,8 +146,9 @@ def linear_cross_entropy(
     if ignore_index is not None and y.numel() and not bool((y == ignore_index).any()):
         ignore_index = None  # no row is ignored: the same numbers without the per-row masks
     loss = _LinearCrossEntropy.apply(
-        x, linear_weight, linear_bias, y, weight, ignore_index, reduction, label_smoothing, chunk_rows
-    )
+        x, linear_weight, linear_bias, y, weight, ignore_index, reduction, label_smoothing, chunk_rows,
+        z_loss, softcap,
+    )  # fmt: skip
     return loss.reshape(target.shape) if reduction == "none" else loss
 
 
@@ -159,6 +165,9 @@ class LinearCrossEntropyLoss(torch.nn.Module):
         reduction: str = "mean",
         label_smoothing: float = 0.0,
         chunk_rows: int | None = None,
+        *,
+        z_loss: float = 0.0,
+        softcap: float | None = None,
     ) -> None:
         super().__init__()
         self.weight: torch.Tensor | None
@@ -167,6 +176,8 @@ class LinearCrossEntropyLoss(torch.nn.Module):
         self.reduction = reduction
         self.label_smoothing = label_smoothing
         self.chunk_rows = chunk_rows
+        self.z_loss = z_loss
+        self.softcap = softcap
 
     def forward(
         self,
@@ -178,5 +189,6 @@ class LinearCrossEntropyLoss(torch.nn.Module):
         return linear_cross_entropy(
             input, linear_weight, target, linear_bias,
             weight=self.weight, ignore_index=self.ignore_index, reduction=self.reduction,
-            label_smoothing=self.label_smoothing, chunk_rows=self.chunk_rows,
+            label_smoothing=self.label_smoothing, z_loss=self.z_loss, softcap=self.softcap,
+            chunk_rows=self.chunk_rows,
         )  # fmt: skip

@@ -2,8 +2,11 @@ r"""PyTorch adapters: ``cross_entropy`` and ``CrossEntropyLoss`` backed by xsoft
 
 Drop-ins for ``torch.nn.functional.cross_entropy`` and
 ``torch.nn.CrossEntropyLoss`` (same names, defaults and semantics, values and
-gradients; float16, bfloat16, float32, float64), for class-index targets
-``(N,)`` and logits ``(N, C)``::
+gradients; float16, bfloat16, float32, float64), for logits ``(N, C)`` or
+``(N, C, d1, …, dk)`` (class axis 1) with class-index targets ``(N,)`` /
+``(N, d1, …, dk)`` or class-probability targets of the logits' shape (chosen,
+as torch does, by ``target.shape == input.shape``), plus the keyword-only
+``z_loss`` and ``softcap`` of :func:`xsoftmax.softmax_loss`::
 
     from xsoftmax.torch import cross_entropy
     loss = cross_entropy(logits, target)      # ignore_index=-100, reduction="mean"
@@ -11,7 +14,10 @@ gradients; float16, bfloat16, float32, float64), for class-index targets
 
 How. The forward pass computes the loss *and* its gradient
 
-.. math::  G_{ik} = ∂\text{loss}/∂s_{ik} = c_i p_{ik} − a_i 1[k = y_i] − b_i w_k
+.. math::  G_{ik} = ∂\text{loss}/∂s_{ik} = [(c_i + zc_i\,lse_i) p_{ik} − a_i T_{ik} − b_i w_k]\, g_{ik}
+
+(``T_ik = 1[k = y_i]`` or ``w_k q_ik``; ``zc`` the z-loss, ``g = 1 − tanh²(s/c)`` the softcap:
+:mod:`xsoftmax._reduction`)
 
 (``(softmax(s) − onehot(y)) / N`` in the plain case) in one pass of the
 fastest engine for the tensors' device (:mod:`xsoftmax._routing`): the NumPy
@@ -26,7 +32,8 @@ is recomputed. ``G`` is a new tensor of every call, released with the graph
 ``ignore_index`` is torch's (default -100): rows whose label equals it count
 for nothing; any other label outside ``[0, C)`` is a ``ValueError`` naming
 ``target``. When no label equals it, the engine runs its faster path for
-uniform rows.
+uniform rows. With probability targets torch's rule holds: a negative
+``ignore_index`` (the default) is ignored, one ``>= 0`` is a ``ValueError``.
 
 ``inplace_backward=True`` writes ``G`` into the storage of ``input`` itself,
 so nothing of size N x C is allocated (float16 / float32 / float64 on the
@@ -83,11 +90,14 @@ def _engine_loss(
     reduction: str,
     label_smoothing: float,
     out: torch.Tensor | None,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(loss, G)`` of detached inputs by the fastest engine for their device; ``G`` in ``out`` if given."""
     options: dict[str, Any] = dict(
-        reduction=reduction, ignore_index=ignore_index, label_smoothing=label_smoothing
-    )
+        reduction=reduction, ignore_index=ignore_index, label_smoothing=label_smoothing,
+        z_loss=z_loss, softcap=softcap,
+    )  # fmt: skip
     path = _routing.choose_path(_routing.inspect_scores(input, grad_enabled=False))
     if path == _routing.NUMPY_VIEWS:
         return _numpy_loss(input, target, weight, out, options)
@@ -104,21 +114,27 @@ def _numpy_loss(
     out: torch.Tensor | None,
     options: dict[str, Any],
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The NumPy engine on zero-copy views of CPU tensors (bfloat16 through float32)."""
+    """The NumPy engine on zero-copy views of CPU tensors (bfloat16 through float32).
+
+    ``(N, C)`` logits call the engine directly (with :func:`numpy_threads`);
+    K-dimensional ones go through the library's own rows of positions.
+    """
     from ._engines.numpy import softmax_loss as numpy_engine
     from ._validate import check_loss_inputs
 
     view = _routing.numpy_view
     s = view(input)
-    inp = check_loss_inputs(
-        s, view(target), weight=None if weight is None else view(weight), engine="fused", **options
-    )
     out_view = None
     if out is not None and out.dtype != torch.bfloat16:
         out_view = view(out)
     elif out is not None:
         out_view = s  # the float32 copy of the bfloat16 logits: written in place, copied back below
-    loss, d = numpy_engine(inp, out=out_view, num_threads=numpy_threads())
+    yv, wv = view(target), None if weight is None else view(weight)
+    if s.ndim == 2:
+        inp = check_loss_inputs(s, yv, weight=wv, engine="fused", **options)
+        loss, d = numpy_engine(inp, out=out_view, num_threads=numpy_threads())
+    else:
+        loss, d = softmax_loss(s, yv, weight=wv, engine="fused", out=out_view, **options)
     loss_t = _routing.from_numpy_like(loss, input)
     if out is None:
         return loss_t, _routing.from_numpy_like(d, input)
@@ -140,10 +156,14 @@ class _SoftmaxLossFunction(torch.autograd.Function):
         reduction: str,
         label_smoothing: float,
         inplace: bool,
+        z_loss: float = 0.0,
+        softcap: float | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         x = input.detach()
         w = None if weight is None else weight.detach()
-        loss, d = _engine_loss(x, target, w, ignore_index, reduction, label_smoothing, x if inplace else None)
+        loss, d = _engine_loss(
+            x, target, w, ignore_index, reduction, label_smoothing, x if inplace else None, z_loss, softcap
+        )
         if inplace:
             # The logits are gone: let autograd's checks see that they changed.
             torch.autograd.graph.increment_version(input)
@@ -170,10 +190,10 @@ class _SoftmaxLossFunction(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def _scaled(ctx: Any, grad_loss: torch.Tensor | None) -> tuple[Any, ...]:
-        """``grad_loss · G`` (per row for "none"; ``G`` itself for exactly 1)."""
+        """``grad_loss · G`` (per row, broadcast over the classes, for "none"; ``G`` itself for exactly 1)."""
         (d,) = ctx.saved_tensors
         if grad_loss is None:  # only dscores was used downstream: no gradient flows
-            return (None,) * 7
+            return (None,) * 9
         if ctx.reduction == "none":
             grad = d * grad_loss.to(d.dtype).unsqueeze(1)
         elif grad_loss.item() == 1:  # a 0-d tensor: the host reads it without a kernel
@@ -181,7 +201,7 @@ class _SoftmaxLossFunction(torch.autograd.Function):
             grad = d
         else:
             grad = d * grad_loss.to(d.dtype)
-        return grad, None, None, None, None, None, None
+        return (grad,) + (None,) * 8
 
 
 def _check_tensor(x: Any, name: str) -> None:
@@ -203,33 +223,62 @@ def _check_devices(**tensors: torch.Tensor | None) -> None:
             )
 
 
-def _check_inputs(input: Any, target: Any, weight: Any) -> None:
-    """Shapes, dtypes and devices, in torch's argument names (input, target, weight)."""
+def _check_inputs(input: Any, target: Any, weight: Any) -> bool:
+    """Shapes, dtypes and devices, in torch's argument names (input, target, weight).
+
+    Returns whether ``target`` holds class probabilities: as in torch, when it
+    has ``input``'s shape (it must then be floating); else class indices of
+    ``input``'s shape without the class axis 1.
+    """
     _check_tensor(input, "input")
     _check_tensor(target, "target")
     if weight is not None:
         _check_tensor(weight, "weight")
-    if input.ndim != 2:
-        raise ValueError(f"input must be 2-D with shape (N, C), got shape {tuple(input.shape)}")
+    if input.ndim < 2:
+        raise ValueError(
+            f"input must have shape (N, C) or (N, C, d1, ..., dk), got shape {tuple(input.shape)}"
+        )
     if not input.dtype.is_floating_point:
         raise TypeError(f"input must have a floating dtype, got {input.dtype}")
-    if target.dtype.is_floating_point:
+    shape = tuple(input.shape)
+    labels_shape = (shape[0], *shape[2:])
+    probabilities = tuple(target.shape) == shape
+    if probabilities and not target.dtype.is_floating_point:
         raise TypeError(
-            f"target must hold class indices (an integer dtype), got {target.dtype}; "
-            f"class-probability targets are not supported by xsoftmax.torch"
+            f"target has input's shape {shape}, so it holds class probabilities and must have a "
+            f"floating dtype, got {target.dtype}; class indices have shape {labels_shape}"
         )
-    if target.dtype == torch.bool or target.dtype.is_complex:
-        raise TypeError(f"target must have an integer dtype, got {target.dtype}")
-    if target.ndim != 1 or target.shape[0] != input.shape[0]:
-        raise ValueError(
-            f"target must have shape (N,) = ({input.shape[0]},) for input of shape "
-            f"{tuple(input.shape)}, got shape {tuple(target.shape)}"
-        )
+    if not probabilities:
+        if target.dtype.is_floating_point:
+            raise ValueError(
+                f"target of a floating dtype ({target.dtype}) holds class probabilities and must have "
+                f"input's shape {shape}, got shape {tuple(target.shape)}; class indices need an "
+                f"integer dtype and shape {labels_shape}"
+            )
+        if target.dtype == torch.bool or target.dtype.is_complex:
+            raise TypeError(f"target must have an integer dtype, got {target.dtype}")
+        if tuple(target.shape) != labels_shape:
+            raise ValueError(
+                f"target must have shape {labels_shape} (input's shape without the class axis 1) "
+                f"for input of shape {shape}, got shape {tuple(target.shape)}"
+            )
     if weight is not None and (weight.ndim != 1 or weight.shape[0] != input.shape[1]):
         raise ValueError(
             f"weight must have shape (C,) = ({input.shape[1]},), got shape {tuple(weight.shape)}"
         )
     _check_devices(input=input, target=target, weight=weight)
+    return probabilities
+
+
+def _probability_ignore_index(ignore_index: Any) -> None:
+    """torch's rule for probability targets: a negative ``ignore_index`` is unused, ``>= 0`` an error."""
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral):
+        raise TypeError(f"ignore_index must be an int, got {ignore_index!r}")
+    if int(ignore_index) >= 0:
+        raise ValueError(
+            f"ignore_index={ignore_index} is not supported with class-probability targets (target of "
+            f"input's shape), as in torch; leave it at its default -100"
+        )
 
 
 def _xs_ignore_index(target: torch.Tensor, num_classes: int, ignore_index: Any) -> int | None:
@@ -249,9 +298,11 @@ def _xs_ignore_index(target: torch.Tensor, num_classes: int, ignore_index: Any) 
         return needed  # no label equals an out-of-range ignore_index: uniform rows
     bad = ((target < 0) | (target >= num_classes)) & (target != ignore_index)
     if bool(bad.any()):
-        row = int(torch.argmax(bad.to(torch.int8)))
+        flat = int(torch.argmax(bad.reshape(-1).to(torch.int8)))
+        where = tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), tuple(target.shape)))
+        at = where[0] if len(where) == 1 else ", ".join(map(str, where))
         raise ValueError(
-            f"target[{row}] = {int(target[row])} is out of range: labels must be in "
+            f"target[{at}] = {int(target.reshape(-1)[flat])} is out of range: labels must be in "
             f"[0, {num_classes}) or ignore_index={ignore_index}"
         )
     return ignore_index
@@ -265,22 +316,37 @@ def cross_entropy(
     reduction: str = "mean",
     label_smoothing: float = 0.0,
     *,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
     inplace_backward: bool = False,
 ) -> torch.Tensor:
     """``torch.nn.functional.cross_entropy(input, target, ...)``, its gradient computed in the forward pass.
 
-    ``input`` (N, C) logits, ``target`` (N,) class indices; ``weight``,
-    ``ignore_index``, ``reduction`` and ``label_smoothing`` as in torch.
-    ``inplace_backward=True`` overwrites ``input`` with the gradient (see the
-    module docstring for when that is safe). Returns the loss: 0-d for
-    "mean" / "sum", (N,) for "none".
+    ``input`` (N, C) or (N, C, d1, ..., dk) logits; ``target`` class indices
+    (N,) / (N, d1, ..., dk) or class probabilities of ``input``'s shape (need
+    not sum to 1); ``weight``, ``ignore_index``, ``reduction`` and
+    ``label_smoothing`` as in torch. ``z_loss=ζ`` adds ``ζ · logsumexp(s)²``
+    per counted position, ``softcap=c`` replaces the logits by ``c tanh(s/c)``
+    first (:func:`xsoftmax.softmax_loss`). ``inplace_backward=True``
+    overwrites ``input`` with the gradient (see the module docstring for when
+    that is safe). Returns the loss: 0-d for "mean" / "sum", (N, d1, ..., dk)
+    for "none".
     """
-    _check_inputs(input, target, weight)
-    xs_ignore = _xs_ignore_index(target, input.shape[1], ignore_index)
+    if _check_inputs(input, target, weight):
+        _probability_ignore_index(ignore_index)
+        if target.requires_grad and torch.is_grad_enabled():
+            # Its gradient (−w log p) is not formed: refuse rather than return none silently.
+            raise ValueError(
+                "target requires grad, but xsoftmax.torch.cross_entropy differentiates only input; "
+                "pass target.detach(), or use torch.nn.functional.cross_entropy to differentiate targets"
+            )
+        xs_ignore = None
+    else:
+        xs_ignore = _xs_ignore_index(target, input.shape[1], ignore_index)
     if not isinstance(inplace_backward, bool):
         raise TypeError(f"inplace_backward must be a bool, got {inplace_backward!r}")
     loss, _ = _SoftmaxLossFunction.apply(
-        input, target, weight, xs_ignore, reduction, label_smoothing, inplace_backward
+        input, target, weight, xs_ignore, reduction, label_smoothing, inplace_backward, z_loss, softcap
     )
     return loss
 
@@ -293,18 +359,21 @@ def _autograd_softmax_loss(
     reduction: str,
     ignore_index: int | None,
     label_smoothing: float,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``xs.softmax_loss`` of a tensor that requires grad: a differentiable loss and ``dscores``."""
     return _SoftmaxLossFunction.apply(
-        scores, y, weight, ignore_index, reduction, label_smoothing, False
+        scores, y, weight, ignore_index, reduction, label_smoothing, False, z_loss, softcap
     )
 
 
 class CrossEntropyLoss(torch.nn.Module):
     """Drop-in for ``torch.nn.CrossEntropyLoss`` (same constructor arguments) using :func:`cross_entropy`.
 
-    ``inplace_backward=True`` (keyword-only) overwrites the logits with their
-    gradient; see the module docstring for when that is safe.
+    ``z_loss``, ``softcap`` and ``inplace_backward`` (keyword-only) as in
+    :func:`cross_entropy`; ``inplace_backward=True`` overwrites the logits with
+    their gradient, see the module docstring for when that is safe.
     """
 
     weight: torch.Tensor | None
@@ -318,6 +387,8 @@ class CrossEntropyLoss(torch.nn.Module):
         reduction: str = "mean",
         label_smoothing: float = 0.0,
         *,
+        z_loss: float = 0.0,
+        softcap: float | None = None,
         inplace_backward: bool = False,
     ) -> None:
         super().__init__()
@@ -329,6 +400,8 @@ class CrossEntropyLoss(torch.nn.Module):
         self.ignore_index = ignore_index
         self.reduction = reduction
         self.label_smoothing = label_smoothing
+        self.z_loss = z_loss
+        self.softcap = softcap
         self.inplace_backward = inplace_backward
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -339,5 +412,7 @@ class CrossEntropyLoss(torch.nn.Module):
             ignore_index=self.ignore_index,
             reduction=self.reduction,
             label_smoothing=self.label_smoothing,
+            z_loss=self.z_loss,
+            softcap=self.softcap,
             inplace_backward=self.inplace_backward,
         )

@@ -19,6 +19,15 @@ loss) × shape × dtype, one row reports
   the CuPy pool on the GPU; ``null`` where neither sees the allocations:
   torch, JAX, the Dask workers).
 
+``--case`` adds rows for issue 15's options beside the plain labels case
+(:data:`CASES`): ``probs`` (class-probability targets of the scores'
+shape; they are read but not counted in ``gbps``/``floor_ratio``, which
+count the scores read and gradient written), ``zloss-softcap``
+(``z_loss=1e-4, softcap=30``) and ``kdim`` (the same rows as an
+``(N/8, C, 8)`` K-dimensional batch, class axis 1). Each row's engine reads
+``engine[case]``; its time against the plain row of the same engine is the
+cost of the option. Peers run the plain case only.
+
 Engine ``fused-out`` (``--engines``, not run by default) is the fused
 engine writing into one ``out=`` buffer made before the timing, as a caller
 that reuses its gradient buffer runs it: its rows show the time without the
@@ -41,7 +50,7 @@ import platform
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 import numpy as np
@@ -97,6 +106,11 @@ NOT_BY_DEFAULT = {
 
 DTYPES = ("float32", "float64", "float16", "bfloat16")
 
+#: ``--case`` names: the plain labels case and issue 15's options (module docstring).
+CASES = ("plain", "probs", "zloss-softcap", "kdim")
+#: K-dim rows: positions per sample (N must be a multiple).
+KDIM_POSITIONS = 8
+
 #: Dtypes NumPy has no name for: their rows are made by :func:`_bfloat16_case`
 #: (torch only; CuPy has no bfloat16 arrays) and their floor copies the same
 #: bytes as float16.
@@ -128,13 +142,19 @@ class Case:
     inputs: Callable[[], tuple[np.ndarray, np.ndarray]]
     #: False where tracemalloc cannot see the allocations (torch, JAX)
     host_traced: bool = True
+    #: one of :data:`CASES`, and the loss options it passes (to the oracle too)
+    case: str = "plain"
+    options: dict[str, Any] = field(default_factory=dict)
 
     def result(self) -> tuple[np.ndarray, np.ndarray]:
-        """One pass, moved to the host."""
+        """One pass, moved to the host; a K-dim gradient as its ``(N, C)`` rows (those of ``inputs``)."""
         import xsoftmax as xs
 
         loss, d = self.fn()
-        return np.asarray(xs.to_numpy(loss), np.float64), xs.to_numpy(d)
+        d = xs.to_numpy(d)
+        if d.ndim > 2:
+            d = np.moveaxis(d, 1, -1).reshape(-1, d.shape[1])
+        return np.asarray(xs.to_numpy(loss), np.float64), d
 
     def peak_bytes(self) -> int | None:
         if not self.host_traced:  # (torch on CUDA allocates outside CuPy's pool hook too)
@@ -165,38 +185,74 @@ def make_case(
     *,
     seed: int = 0,
     client: Any = None,
+    case: str = "plain",
 ) -> Case:
-    """``xs.softmax_loss(scores, y, engine=engine)`` on ``backend`` arrays.
+    """``xs.softmax_loss(scores, y, engine=engine)`` on ``backend`` arrays, for ``case`` (:data:`CASES`).
 
     Dask needs ``client`` (see :func:`dask_client`): its data are created on
     the workers, and each pass persists the gradient and computes the loss
-    there. JAX runs under ``jax.jit``, as JAX users run it.
+    there. JAX runs under ``jax.jit``, as JAX users run it. Dask and
+    bfloat16 rows run the plain case only.
     """
     import xsoftmax as xs
 
     # "fused-out" is the bench's name for the fused engine with a reused out=.
     lib_engine = cast(Engine, "fused" if engine == "fused-out" else engine)
+    if case not in CASES:
+        raise ValueError(f"case must be one of {CASES}, got {case!r}")
+    if case != "plain" and (backend == "dask" or dtype in NO_NUMPY_DTYPE):
+        raise ValueError(f"--case {case} is measured on in-memory backends in NumPy dtypes only")
     if backend == "dask":
         return _dask_case(lib_engine, shape, dtype, seed=seed, client=client)
     if dtype in NO_NUMPY_DTYPE:
         return _bfloat16_case(backend, lib_engine, shape, seed=seed)
-    scores, y = host_inputs(shape, dtype, seed)
+    scores, y, rows_scores, rows_y, options = case_inputs(case, *host_inputs(shape, dtype, seed), seed=seed)
     s = xs.asarray(scores, backend=backend)
     yb = xs.asarray(y, backend=backend)
-    inputs = lambda: (_as64(s), y)  # noqa: E731
+    inputs = lambda: (_as64(rows_scores), rows_y)  # noqa: E731
+    label = engine if case == "plain" else f"{engine}[{case}]"
     if backend == "jax":
         import jax
 
-        f = jax.jit(lambda s, y: xs.softmax_loss(s, y, engine=lib_engine))
-        return Case(backend, engine, "xsoftmax", "cpu", lambda: jax.block_until_ready(f(s, yb)),
-                    inputs, host_traced=False)
+        f = jax.jit(lambda s, y: xs.softmax_loss(s, y, engine=lib_engine, **options))
+        return Case(backend, label, "xsoftmax", "cpu", lambda: jax.block_until_ready(f(s, yb)),
+                    inputs, host_traced=False, case=case, options=options)
     device = "cuda" if backend == "cupy" else "cpu"
     if engine == "fused-out":
-        out = xs.asarray(np.zeros(shape, dtype), backend=backend)  # its pages in place
-        fn = lambda: xs.softmax_loss(s, yb, engine="fused", out=out)  # noqa: E731
+        out = xs.asarray(np.zeros(scores.shape, dtype), backend=backend)  # its pages in place
+        fn = lambda: xs.softmax_loss(s, yb, engine="fused", out=out, **options)  # noqa: E731
     else:
-        fn = lambda: xs.softmax_loss(s, yb, engine=lib_engine)  # noqa: E731
-    return Case(backend, engine, "xsoftmax", device, fn, inputs, host_traced=backend != "torch")
+        fn = lambda: xs.softmax_loss(s, yb, engine=lib_engine, **options)  # noqa: E731
+    return Case(backend, label, "xsoftmax", device, fn, inputs, host_traced=backend != "torch",
+                case=case, options=options)
+
+
+def case_inputs(
+    case: str, scores: np.ndarray, y: np.ndarray, *, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+    """``(scores, y, rows, rows_y, options)`` of ``case`` made from the plain ``(N, C)`` inputs.
+
+    ``scores``, ``y`` go to ``softmax_loss``; ``rows``, ``rows_y`` are the
+    same problem as ``(N, C)`` rows for the oracle (they differ for
+    ``kdim`` only); ``options`` go to both.
+    """
+    if case == "probs":
+        rng = np.random.default_rng(seed + 1)
+        q = rng.random(scores.shape, dtype=np.float32 if scores.dtype != np.float64 else np.float64)
+        q /= q.sum(axis=1, keepdims=True)
+        q = q.astype(scores.dtype, copy=False)
+        return scores, q, scores, q, {}
+    if case == "zloss-softcap":
+        return scores, y, scores, y, {"z_loss": 1e-4, "softcap": 30.0}
+    if case == "kdim":
+        n, c = scores.shape
+        d = KDIM_POSITIONS
+        if n % d:
+            raise ValueError(f"--case kdim needs N divisible by {d}, got N = {n}")
+        # Row (n, j) of the (N/d, C, d) batch is row n·d + j of the plain scores.
+        batch = np.ascontiguousarray(np.moveaxis(scores.reshape(n // d, d, c), 2, 1))
+        return batch, y.reshape(n // d, d), scores, y, {}
+    return scores, y, scores, y, {}
 
 
 def _dask_case(engine: Engine, shape: tuple[int, int], dtype: str, *, seed: int, client: Any) -> Case:
@@ -390,9 +446,12 @@ def max_abs_err(case: Case, result: tuple[np.ndarray, np.ndarray], *, block: int
     n, c = scores.shape
     rows = max(1, block // c)
     err, total = 0.0, 0.0
+    # "mean" divides by N in every case (no weights, nothing ignored: D = V = N).
     for start in range(0, n, rows):
         stop = min(n, start + rows)
-        row_loss, grad = oracle_softmax_loss(scores[start:stop], y[start:stop], reduction="none")
+        row_loss, grad = oracle_softmax_loss(
+            scores[start:stop], y[start:stop], reduction="none", **case.options
+        )
         total += float(row_loss.sum())
         err = max(err, float(np.max(np.abs(d[start:stop].astype(np.float64) - grad / n))))
     return max(err, abs(float(loss) - total / n))
@@ -418,6 +477,7 @@ class Row:
     floor_ratio: float
     max_abs_err: float
     peak_bytes: int | None
+    case: str = "plain"  # one of CASES
 
 
 def measure_case(case: Case, shape: tuple[int, int], dtype: str, floor_timing: timing.Timing,
@@ -445,6 +505,7 @@ def measure_case(case: Case, shape: tuple[int, int], dtype: str, floor_timing: t
         floor_ratio=timing.floor_ratio(nbytes, timed.median, nbytes, floor_timing.median),
         max_abs_err=err,
         peak_bytes=case.peak_bytes(),
+        case=case.case,
     )
 
 
@@ -537,6 +598,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", type=choice_list(DTYPES), default=["float32"],
                         help="comma-separated dtypes: float32, float64, float16, bfloat16 "
                              "(bfloat16: torch rows and the torch peer only) (default: float32)")
+    parser.add_argument("--case", type=choice_list(CASES), default=["plain"],
+                        help="comma-separated loss cases: plain, probs (probability targets), zloss-softcap, "
+                             "kdim (an (N/8, C, 8) batch) (default: plain)")
     parser.add_argument("--repeat", type=int, default=5, help="timed calls per row (default: 5)")
     parser.add_argument("--peers", nargs="?", type=parse_peers, const=list(PEERS), default=None,
                         help="compare with peers: a comma-separated list of "
@@ -671,8 +735,10 @@ def run(args: argparse.Namespace) -> int:
     uses_jax = any(PEERS[p][0] == "jax" for p in peers) or any(b == "jax" for b, _ in pairs)
     if "float64" in args.dtype and uses_jax:
         enable_jax_float64()
-    units = [(shape, dtype, item) for shape in args.shapes for dtype in args.dtype
-             for item in [*pairs, *((None, p) for p in peers)]]
+    cases = getattr(args, "case", None) or ["plain"]
+    units = [(shape, dtype, item, case) for shape in args.shapes for dtype in args.dtype
+             for case in cases
+             for item in [*pairs, *((None, p) for p in (peers if case == "plain" else []))]]
     rows: list[Row] = []
     floors: dict[tuple[str, tuple[int, int], str], timing.Timing] = {}
     with contextlib.ExitStack() as stack:
@@ -681,10 +747,11 @@ def run(args: argparse.Namespace) -> int:
             print(f"starting a Dask LocalCluster ({DASK_WORKERS} worker processes) ...", file=sys.stderr,
                   flush=True)
             client = stack.enter_context(dask_client())
-        for i, (shape, dtype, (backend, name)) in enumerate(units, 1):
+        for i, (shape, dtype, (backend, name), case) in enumerate(units, 1):
             label = (f"{backend} {name}" if backend else PEERS[name][1]) + f" {shape[0]}x{shape[1]} {dtype}"
+            label += "" if case == "plain" else f" [{case}]"
             try:
-                row = _measure_unit(backend, name, shape, dtype, floors, args=args, client=client)
+                row = _measure_unit(backend, name, shape, dtype, floors, args=args, client=client, case=case)
             except Exception as exc:  # one failing row (e.g. float16 a peer lacks) must not end the run
                 skipped.append(f"{label}: {type(exc).__name__}: {exc}")
                 _progress(i, len(units), label, f"  failed: {type(exc).__name__}: {exc}")
@@ -700,7 +767,7 @@ def run(args: argparse.Namespace) -> int:
             "options": {
                 "backends": args.backends, "engines": args.engines, "peers": peers,
                 "shapes": [f"{n}x{c}" for n, c in args.shapes], "dtype": args.dtype,
-                "repeat": args.repeat, "seed": args.seed,
+                "repeat": args.repeat, "seed": args.seed, "case": getattr(args, "case", ["plain"]),
             },
             "seconds": elapsed,
             "rows": [{k: _finite_or_none(v) for k, v in vars(r).items()} for r in rows],
@@ -724,17 +791,17 @@ def run(args: argparse.Namespace) -> int:
 
 def _measure_unit(backend: str | None, name: str, shape: tuple[int, int], dtype: str,
                   floors: dict[tuple[str, tuple[int, int], str], timing.Timing], *,
-                  args: argparse.Namespace, client: Any) -> Row:
+                  args: argparse.Namespace, client: Any, case: str = "plain") -> Row:
     """One row; its input buffers are freed on return, before the next row allocates."""
     if backend is None:
-        case = make_peer(name, shape, dtype, seed=args.seed, device=peer_device(name, args.backends))
+        unit = make_peer(name, shape, dtype, seed=args.seed, device=peer_device(name, args.backends))
     else:
-        case = make_case(backend, name, shape, dtype, seed=args.seed, client=client)
-    key = (case.device, shape, dtype)
+        unit = make_case(backend, name, shape, dtype, seed=args.seed, client=client, case=case)
+    key = (unit.device, shape, dtype)
     if key not in floors:
         same_bytes = NO_NUMPY_DTYPE.get(dtype, dtype)
-        floors[key] = floor(case.device, shape, same_bytes, repeat=max(args.repeat, 5), client=client)
-    return measure_case(case, shape, dtype, floors[key], repeat=args.repeat)
+        floors[key] = floor(unit.device, shape, same_bytes, repeat=max(args.repeat, 5), client=client)
+    return measure_case(unit, shape, dtype, floors[key], repeat=args.repeat)
 
 
 def _finite_or_none(value: Any) -> Any:

@@ -2,20 +2,14 @@ r"""``xsoftmax check``: prove every backend and engine on this machine gives the
 
 Each available backend × engine computes ``softmax_loss`` under every
 option combination (reduction × class weights × ``ignore_index`` × label
-smoothing), the primitives and the affine / ReLU layers with their backward
-passes, on random and adversarial inputs (logits of ±1e4, ``−inf`` masks,
-``N = 1``, ``C = 1``, float16). Every result is compared with a float64
-NumPy *oracle* written here from the definitions, independently of the
-library's own code (a broken reference engine must not be its own judge):
-
-.. math::
-
-    q_{ik} = v_i\, w_k \big((1 − ε) 1[k = y_i] + ε / C\big), \qquad
-    \text{row}_i = Σ_k q_{ik} (\operatorname{lse}(s_i) − s_{ik}), \qquad
-    ∂\text{row}_i/∂s_{ik} = (Σ_j q_{ij})\, p_{ik} − q_{ik},
-
-with ``v_i = 1[y_i ≠ ignore_index]``; "mean" divides both by
-``D = Σ_i v_i w_{y_i}``. A comparison passes when
+smoothing), then class-probability targets, K-dimensional batches, z-loss
+and softcap (:func:`target_checks`), the primitives and the affine / ReLU
+layers with their backward passes, on random and adversarial inputs (logits
+of ±1e4, ``−inf`` masks, ``N = 1``, ``C = 1``, float16). Every result is
+compared with the float64 NumPy *oracle* of :mod:`xsoftmax._cli.oracle`,
+written from the definitions independently of the library's engines (a
+broken reference engine must not be its own judge) and itself checked
+against torch autograd by the test suite. A comparison passes when
 ``|actual − oracle| ≤ atol · max(1, max|oracle|) + rtol · |oracle|`` with
 ``(rtol, atol)`` set by the output dtype; matching infinities and NaNs count
 as equal. The exit status is 1 if anything fails.
@@ -35,6 +29,7 @@ import numpy as np
 
 from .._typing import Engine
 from .._validate import REDUCTIONS
+from .oracle import oracle_log_softmax, oracle_logsumexp, oracle_softmax_loss
 from .text import comma_list, format_table
 
 __all__ = [
@@ -47,6 +42,7 @@ __all__ = [
     "oracle_logsumexp",
     "oracle_softmax_loss",
     "run",
+    "target_checks",
 ]
 
 #: (rtol, atol) by output dtype name, against a float64 oracle: the one table
@@ -67,70 +63,6 @@ SMOOTHING = 0.1
 
 #: what the check generators yield: (case, dtype, compute, expected)
 Check = tuple[str, str, Callable[[], Any], np.ndarray]
-
-
-# --------------------------------------------------------------------------- oracle
-
-
-def _shift(s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(z, m, l)`` along the last axis: ``z = s − m``, ``l = log Σ exp z`` (``lse = m + l``).
-
-    Working with ``z`` keeps ``log p = z − l`` exact to float64 rounding even
-    for logits of 1e4, where ``s − lse`` would cancel ~12 digits. A row of
-    −inf has ``m`` reset to 0 so it gives ``l = −inf``, not NaN.
-    """
-    m = np.max(s, axis=-1, keepdims=True)
-    m = np.where(np.isfinite(m), m, 0.0)
-    z = s - m
-    with np.errstate(divide="ignore"):
-        return z, m, np.log(np.sum(np.exp(z), axis=-1, keepdims=True))
-
-
-def oracle_logsumexp(s: np.ndarray, axis: int = -1) -> np.ndarray:
-    _, m, l = _shift(np.moveaxis(np.asarray(s, np.float64), axis, -1))  # noqa: E741
-    return np.squeeze(m + l, -1)
-
-
-def oracle_log_softmax(s: np.ndarray, axis: int = -1) -> np.ndarray:
-    z, _, l = _shift(np.moveaxis(np.asarray(s, np.float64), axis, -1))  # noqa: E741
-    return np.moveaxis(z - l, -1, axis)
-
-
-def oracle_softmax_loss(
-    scores: Any,
-    y: Any,
-    *,
-    reduction: str = "mean",
-    weight: Any = None,
-    ignore_index: int | None = None,
-    label_smoothing: float = 0.0,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Loss and ``∂loss/∂scores`` in float64, from the target distribution ``q`` (module doc)."""
-    s = np.asarray(scores, dtype=np.float64)
-    y = np.asarray(y)
-    n, c = s.shape
-    w = np.ones(c) if weight is None else np.asarray(weight, dtype=np.float64)
-    valid = np.ones(n, bool) if ignore_index is None else y != ignore_index
-    yv = np.where(valid, y, 0)
-    q = np.tile(w * (label_smoothing / c), (n, 1))
-    q[np.arange(n), yv] += (1.0 - label_smoothing) * w[yv]
-    q[~valid] = 0.0
-    z, _, l = _shift(s)  # noqa: E741
-    neg_log_p = l - z
-    with np.errstate(invalid="ignore"):
-        # q = 0 entries contribute nothing even where −log p = inf (masked logits).
-        rows = np.sum(np.where(q > 0, q * neg_log_p, 0.0), axis=1)
-    grad = np.sum(q, axis=1, keepdims=True) * np.exp(-neg_log_p) - q
-    if reduction == "none":
-        return rows, grad
-    if reduction == "sum":
-        return np.asarray(rows.sum()), grad
-    denom = np.sum(w[yv] * valid)
-    if denom == 0:
-        # As torch: the NLL term alone is 0/0, so the loss is NaN; the kept
-        # rows' gradient is NaN and the ignored rows' stays 0.
-        return np.asarray(np.nan), np.where(valid[:, None], np.nan, grad)
-    return np.asarray(rows.sum() / denom), grad / denom
 
 
 # --------------------------------------------------------------------------- comparison
@@ -334,6 +266,69 @@ def loss_checks(backend: str, engine: Engine, seed: int) -> Iterator[Check]:
                         yield from _pair(case, inp.dtype, both, want)
 
 
+def _target_scenarios(seed: int) -> list[tuple[str, np.ndarray, np.ndarray, list[dict[str, Any]]]]:
+    """``(name, scores, y, option sets)`` for issue 15's options; weights are filled in by the caller."""
+    rng = np.random.default_rng(seed + 15)
+    probs = rng.random((8, 5))  # need not sum to 1
+    kdim = rng.standard_normal((3, 5, 4)) * 3
+    kdim_y = rng.integers(0, 5, (3, 4))
+    kdim_y[0, 1] = kdim_y[2, 3] = IGNORE
+    big = rng.uniform(-1e4, 1e4, (8, 5))
+    masked = rng.standard_normal((8, 6))
+    masked_y = rng.integers(0, 6, 8)
+    mask = rng.random((8, 6)) < 0.4
+    mask[np.arange(8), masked_y] = False
+    masked[mask] = -np.inf
+    rand = rng.standard_normal((8, 5)) * 3
+    rand_y = _with_ignored(rng.integers(0, 5, 8))
+    smooth_w = {"weight": True, "label_smoothing": SMOOTHING}
+    every = {"weight": True, "ignore_index": IGNORE, "label_smoothing": SMOOTHING}
+    return [
+        ("probabilities", rand, probs, [{}, {"weight": True}, {"label_smoothing": SMOOTHING}, smooth_w]),
+        ("K-dim labels", kdim, kdim_y, [{"ignore_index": IGNORE}, every]),
+        ("K-dim probabilities", kdim[:2, :, :3], rng.random((2, 5, 3)), [{}, smooth_w]),
+        ("z-loss", rand, rand_y, [{"z_loss": 1e-2, "ignore_index": IGNORE}, {"z_loss": 0.1, **every}]),
+        ("softcap logits ±1e4", big, rng.integers(0, 5, 8),
+         [{"softcap": 30.0}, {"softcap": 5.0, **smooth_w}]),
+        ("softcap+z-loss -inf mask", masked, masked_y, [{"softcap": 5.0, "z_loss": 1e-3}]),
+        ("all options K-dim probabilities", kdim[:2], rng.random((2, 5, 4)),
+         [{"z_loss": 5e-2, "softcap": 4.0, **smooth_w}]),
+    ]  # fmt: skip
+
+
+def target_checks(backend: str, engine: Engine, seed: int) -> Iterator[Check]:
+    """Probability targets, K-dim batches, z-loss and softcap, every reduction, against the oracle."""
+    import xsoftmax as xs
+
+    for dtype in ("float64", "float32"):
+        if not _has_dtype(backend, dtype):
+            continue
+        for name, scores, y, option_sets in _target_scenarios(seed):
+            s = _on(backend, scores, dtype)
+            host = xs.to_numpy(s).astype(np.float64)
+            c = scores.shape[1]
+            probabilities = y.dtype.kind == "f"
+            yb = _on(backend, y, dtype) if probabilities else _on(backend, y)
+            y_host = xs.to_numpy(yb).astype(np.float64) if probabilities else y
+            weight_values = np.random.default_rng(seed + c).uniform(0.5, 2.0, size=(c,))
+            for opts in option_sets:
+                for reduction in REDUCTIONS:
+                    options = {k: v for k, v in opts.items() if k != "weight"}
+                    options["reduction"] = reduction
+                    wv = weight_values if opts.get("weight") else None
+                    want = oracle_softmax_loss(host, y_host, weight=wv, **options)
+                    tags = " ".join(
+                        ("weight" if k == "weight" else f"{k}={v}") for k, v in opts.items()
+                    )
+                    case = f"{name} {dtype} {'x'.join(map(str, scores.shape))} reduction={reduction} {tags}"
+                    wb = None if wv is None else _on(backend, wv, dtype)
+
+                    def both(s=s, yb=yb, wb=wb, options=options) -> Any:
+                        return xs.softmax_loss(s, yb, weight=wb, engine=engine, **options)
+
+                    yield from _pair(case.rstrip(), dtype, both, want)
+
+
 def _pair(case: str, dtype: str, compute: Callable[[], Any], want: tuple[np.ndarray, ...]):
     """One check per output of a multi-output function, computing it once."""
     cached: list[Any] = []
@@ -481,6 +476,7 @@ def run(args: argparse.Namespace) -> int:
                 continue
             tally = tallies.setdefault((backend, engine, "softmax_loss"), Tally())
             _run_checks(tally, backend, loss_checks(backend, engine, args.seed))
+            _run_checks(tally, backend, target_checks(backend, engine, args.seed))
         for group, checks in (("primitives", primitive_checks), ("layers", layer_checks)):
             tally = tallies.setdefault((backend, "-", group), Tally())
             _run_checks(tally, backend, checks(backend, args.seed))
