@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 import xsoftmax as xs
-from xsoftmax.bench import parse_shape
+from xsoftmax._cli.bench import parse_shapes
 
 
 def torch_group(s: np.ndarray, y: np.ndarray) -> dict[str, Callable[[], Any]]:
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--shapes", type=lambda t: [parse_shape(x) for x in t.split(",")],
+    parser.add_argument("--shapes", type=parse_shapes,
                         default=[(4096, 32000), (65536, 10)])
     parser.add_argument("--groups", default="torch,jax,route")
     parser.add_argument("--repeat", type=int, default=15)

@@ -375,6 +375,9 @@ def test_cpu_twin_k_dim_through_the_public_layer(twin_dir, monkeypatch, target, 
     # Per-sample (d, C) views with class stride d and the global D, V: no transposed copy.
     from _cuda_cases import kdim_case, public_through
 
+    import xsoftmax._batch as batch
+
+    monkeypatch.setattr(batch, "GROUP_ELEMENTS", 1)  # each sample on its own strided view
     launcher = TwinLauncher(twin_dir)
     seen = []
 

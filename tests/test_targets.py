@@ -217,8 +217,10 @@ def test_inputs_are_not_modified(target, engine):
 
 
 def test_numpy_k_dim_runs_on_strided_views_not_a_transposed_copy(monkeypatch):
+    import xsoftmax._batch as batch
     import xsoftmax._engines.reference as reference
 
+    monkeypatch.setattr(batch, "GROUP_ELEMENTS", 1)  # samples as large as a real image's
     scores, y, opts = problem(SHAPES["k2"], "probs", PROB_OPTIONS["all"], seed=7)
     seen = []
     engine = reference.softmax_loss
@@ -235,6 +237,44 @@ def test_numpy_k_dim_runs_on_strided_views_not_a_transposed_copy(monkeypatch):
         assert np.shares_memory(s, scores) and np.shares_memory(q, y) and np.shares_memory(out, d)
         assert float(denom) == float(zdenom) == 12.0  # the whole batch's R positions
     np.testing.assert_allclose(loss, oracle_softmax_loss(scores, y, **opts)[0], rtol=1e-12)
+
+
+@pytest.mark.parametrize("target", ["labels", "probs"])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_small_k_dim_samples_run_a_group_at_a_time(monkeypatch, target, reduction):
+    """Many small samples: groups of them copied into row-major buffers, one engine call per group."""
+    import xsoftmax._batch as batch
+    import xsoftmax._engines.numpy as numpy_engine
+
+    rng = np.random.default_rng(11)
+    n, d1, d2 = 13, 2, 3
+    scores = rng.standard_normal((n, C, d1, d2)) * 3
+    if target == "probs":
+        y = rng.random((n, C, d1, d2))
+        opts = {"label_smoothing": 0.1, "z_loss": 0.05, "softcap": 4.0}
+    else:
+        y = rng.integers(0, C, (n, d1, d2))
+        y[0, 0, 0] = -1
+        opts = {"weight": rng.random(C) + 0.5, "ignore_index": -1, "z_loss": 0.05}
+    monkeypatch.setattr(batch, "GROUP_ELEMENTS", 4 * C * d1 * d2)  # groups of 4 samples, the last of 1
+    monkeypatch.setattr(batch, "GROUP_SHARE", 1)
+    seen = []
+    engine = numpy_engine.softmax_loss
+
+    def spy(inp, /, *, out=None, **kw):
+        seen.append((inp.scores.shape, inp.scores.flags.c_contiguous, out.flags.c_contiguous))
+        return engine(inp, out=out, **kw)
+
+    monkeypatch.setattr(numpy_engine, "softmax_loss", spy)
+    copies = (scores.copy(), y.copy())
+    loss, d = xs.softmax_loss(scores, y, reduction=reduction, engine="fused", **opts)
+    assert [shape for shape, _, _ in seen] == [(4 * 6, C)] * 3 + [(6, C)]
+    assert all(contiguous and out_contiguous for _, contiguous, out_contiguous in seen)
+    want_loss, want_d = oracle_softmax_loss(scores, y, reduction=reduction, **opts)
+    np.testing.assert_allclose(loss, want_loss, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(d, want_d, rtol=1e-10, atol=1e-12)
+    np.testing.assert_array_equal(scores, copies[0])
+    np.testing.assert_array_equal(y, copies[1])
 
 
 @pytest.mark.parametrize("target", ["labels", "probs"])

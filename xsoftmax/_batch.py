@@ -13,8 +13,11 @@ NumPy and CuPy never copy the batch into a transposed ``(R, C)`` array: each
 sample ``scores[n]``, seen as ``(C, d)``, is transposed *as a view* into
 ``(d, C)`` rows with class stride ``d``, and the engine runs on it with the
 global ``D`` and ``V`` passed as ``denom``/``zdenom``, writing its gradient
-through the same view of the result. Per-sample totals are added in a fixed
-order. Other backends move the class axis last and reshape (lazily on Dask,
+through the same view of the result. Samples smaller than a group buffer
+(:data:`GROUP_ELEMENTS`, :data:`GROUP_SHARE`) go a group at a time through
+two reused row-major buffers instead, where a call per sample on strided
+rows would cost more than the copies. Per-sample (or per-group) totals are added in a
+fixed order. Other backends move the class axis last and reshape (lazily on Dask,
 inside the trace on JAX).
 """
 
@@ -32,6 +35,14 @@ __all__ = ["kdim_softmax_loss"]
 
 #: Backends whose engines take strided ``(d, C)`` views (class stride ``d``).
 _STRIDED = ("numpy", "cupy")
+
+#: Samples smaller than a group buffer run a few at a time through two row-major
+#: buffers (scores in, gradient out): a copy per group, not of the batch. One engine
+#: call per small sample, on rows of class stride d, costs more than the copies
+#: (docs/backends.md). A buffer holds at most GROUP_ELEMENTS values and at most
+#: 1/GROUP_SHARE of the batch, so the two add at most 1/16 of the gradient's memory.
+GROUP_ELEMENTS = 1 << 20
+GROUP_SHARE = 32
 
 
 def kdim_softmax_loss(
@@ -103,12 +114,30 @@ def _per_sample(run: SoftmaxLossEngine, inp: LossInputs, out: Array | None, d: i
     q3 = xp.reshape(y, (n, c, d)) if probs else None
     rows = xp.empty((n, d), dtype=scores.dtype) if inp.reduction == "none" else None
     totals = []
-    for i in range(n):
-        yi = q3[i].T if q3 is not None else y[i * d : (i + 1) * d]
-        part = inp._replace(scores=s3[i].T, y=yi, denom=denom, zdenom=zdenom)
-        loss_i, _ = run(part, out=o3[i].T)
+    group = max(1, min(GROUP_ELEMENTS, n * d * c // GROUP_SHARE) // (d * c))
+    if group > 1:  # small samples: a few samples at a time, copied into row-major buffers
+        buf = xp.empty((min(group, n) * d, c), dtype=scores.dtype, device=device(scores))
+        grad = xp.empty_like(buf)  # a separate out= keeps the engine on its direct path
+        qbuf = None if q3 is None else xp.empty((buf.shape[0], c), dtype=y.dtype, device=device(y))
+    for i in range(0, n, group):
+        k = min(group, n - i)
+        if group == 1:  # the sample's own strided (d, C) view
+            yi = q3[i].T if q3 is not None else y[i * d : (i + 1) * d]
+            part = inp._replace(scores=s3[i].T, y=yi, denom=denom, zdenom=zdenom)
+            loss_i, _ = run(part, out=o3[i].T)
+        else:
+            block = buf[: k * d]
+            xp.reshape(block, (k, d, c))[...] = xp.permute_dims(s3[i : i + k], (0, 2, 1))
+            if qbuf is not None and q3 is not None:
+                yi = qbuf[: k * d]
+                xp.reshape(yi, (k, d, c))[...] = xp.permute_dims(q3[i : i + k], (0, 2, 1))
+            else:
+                yi = y[i * d : (i + k) * d]
+            part = inp._replace(scores=block, y=yi, denom=denom, zdenom=zdenom)
+            loss_i, _ = run(part, out=grad[: k * d])
+            xp.permute_dims(o3[i : i + k], (0, 2, 1))[...] = xp.reshape(grad[: k * d], (k, d, c))
         if rows is not None:
-            rows[i] = loss_i
+            rows[i : i + k] = xp.reshape(loss_i, (k, d))
         else:
             totals.append(xp.astype(xp.asarray(loss_i), cdt))
     if out is not None and target is not out:
