@@ -9,6 +9,8 @@ and :mod:`xsoftmax._reduction`.
 
 from __future__ import annotations
 
+import numpy as np
+
 from ._dispatch import dispatch_softmax_loss
 from ._routing import TORCH_AUTOGRAD, route, run_path
 from ._typing import Array, Engine, Reduction
@@ -67,7 +69,8 @@ def softmax_loss(
     live in its namespace and on its device. Inputs are never modified
     (except ``out``).
     """
-    if engine == "auto":  # torch / JAX arrays: zero-copy views to the fast engines (_routing.py)
+    # torch / JAX arrays: zero-copy views to the fast engines (_routing.py); NumPy's skip the look.
+    if engine == "auto" and type(scores) is not np.ndarray:
         path = route(scores, y, weight, out)
         if path == TORCH_AUTOGRAD:
             from .torch import _autograd_softmax_loss

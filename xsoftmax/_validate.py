@@ -69,6 +69,7 @@ def _wide_labels(xp: ArrayNamespace, y: Array, num_classes: int, ignore_index: i
 
 
 _numpy_iinfo = functools.cache(np.iinfo)
+_INT64_MAX = int(np.iinfo(np.int64).max)
 _UNSIGNED = {k: np.dtype(f"u{k}") for k in (1, 2, 4, 8)}
 
 
@@ -132,7 +133,7 @@ def check_labels(
     ``backend``: ``backend_name(xp)`` when the caller knows it already.
     """
     backend = backend_name(xp) if backend is None else backend
-    if backend == "numpy" and y.shape[0] and num_classes <= np.iinfo(np.int64).max:
+    if backend == "numpy" and y.shape[0] and num_classes <= _INT64_MAX:
         # One pass: as unsigned, a negative label is huge, so max < C says all
         # are in range (ignored rows and errors take the general path below).
         unsigned = y if y.dtype.kind == "u" else y.view(_UNSIGNED[y.dtype.itemsize])
