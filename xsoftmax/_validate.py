@@ -192,7 +192,7 @@ def check_loss_inputs(
     softcap: Any = None,
     kdim: bool = False,
 ) -> LossInputs:
-    """Validate every argument of ``softmax_loss``; see DESIGN.md "Bad input".
+    """Validate every argument of ``softmax_loss``: ``ValueError`` / ``TypeError`` naming the argument.
 
     ``y`` holds integer class labels, or floating class probabilities of the
     scores' shape. ``kdim=False``: scores must be ``(N, C)`` (the entry points

@@ -1,4 +1,4 @@
-r"""A float64 NumPy oracle for ``softmax_loss`` with every option of DESIGN.md.
+r"""A float64 NumPy oracle for ``softmax_loss`` with every option it takes.
 
 The one oracle of ``xsoftmax check``, ``xsoftmax bench`` and the tests
 (``tests/_oracle.py`` re-exports it).
