@@ -122,7 +122,7 @@ def check_linear_inputs(
     z_loss: Any = 0.0,
     softcap: Any = None,
 ) -> Problem:
-    """Validate every argument of :func:`linear_softmax_loss`: shapes that chain, one namespace, labels in range."""
+    """Validate every argument of :func:`linear_softmax_loss`: chaining shapes, one namespace, labels."""
     names = ("x", "w", "b", "y", "weight")
     xp = array_namespace(x, w, b, y, weight, names=names)
     check_same_device(xp, names, x, w, b, y, weight)
