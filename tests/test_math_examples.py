@@ -45,15 +45,16 @@ def assert_as_written(actual: np.ndarray, written: str, what: str) -> None:
     assert np.all(err <= tol), f"{what}: oracle {actual.ravel()}, docs/math.md {expected.ravel()}"
 
 
-def check(block: dict[str, str]) -> None:
-    """Recompute one example with the oracle and compare it with its written outputs."""
+def check(block: dict[str, str], compute=oracle_softmax_loss) -> None:
+    """Recompute one example (with the oracle, or ``compute``) and compare it with its written outputs."""
     names = {"__builtins__": {}, "log": np.log}
     scores = np.asarray(eval(block["scores"], names), dtype=np.float64)  # noqa: S307  (our own doc)
     y = np.asarray(ast.literal_eval(block["y"]))
     options = ast.literal_eval(block["options"])
-    loss, dscores = oracle_softmax_loss(scores, y, **options)
+    options = {k: np.asarray(v) if isinstance(v, list) else v for k, v in options.items()}
+    loss, dscores = compute(scores, y, **options)
     assert_as_written(np.asarray(loss), block["loss"], "loss")
-    assert_as_written(dscores, block["dscores"], "dscores")
+    assert_as_written(np.asarray(dscores), block["dscores"], "dscores")
 
 
 DOC_EXAMPLES = examples(MATH.read_text(encoding="utf-8"))
@@ -66,6 +67,15 @@ def test_every_section_9_example_is_present():
 @pytest.mark.parametrize("name", sorted(DOC_EXAMPLES))
 def test_example(name):
     check(DOC_EXAMPLES[name])
+
+
+@pytest.mark.parametrize("engine", ["reference", "fused"])
+@pytest.mark.parametrize("name", sorted(DOC_EXAMPLES))
+def test_example_with_the_library(name, engine):
+    """The library's engines print the doc's numbers too, not only the oracle."""
+    import xsoftmax as xs
+
+    check(DOC_EXAMPLES[name], lambda s, y, **kw: xs.softmax_loss(s, y, engine=engine, **kw))
 
 
 @pytest.mark.parametrize("key,index", [("loss", 0), ("dscores", 0), ("dscores", 4)])
