@@ -65,7 +65,7 @@ from ._numpy_pool import (
     THREAD_BYTES,
     ChunkSums,
     default_num_threads,
-    executor,
+    run_on_threads,
 )
 from ._numpy_rows import STORE_CHUNK, row_sum, same_view, store
 
@@ -328,16 +328,4 @@ def _run(prob: _Problem, threads: int) -> None:
                 _block(prob, r0, min(r0 + step, n), scratch)
 
     threads = min(threads, len(starts))
-    if threads <= 1:
-        work()
-        return
-    pool = executor(threads - 1)
-    futures = [pool.submit(work) for _ in range(threads - 1)]
-    try:
-        work()
-    finally:
-        for f in futures:
-            f.cancel()
-        for f in futures:
-            if not f.cancelled():
-                f.result()
+    run_on_threads(work, threads)

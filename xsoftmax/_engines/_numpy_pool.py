@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -29,6 +30,7 @@ __all__ = [
     "ChunkSums",
     "default_num_threads",
     "executor",
+    "run_on_threads",
 ]
 
 #: Environment variable that sets the default number of threads.
@@ -126,3 +128,21 @@ def executor(workers: int) -> ThreadPoolExecutor:
             if old is not None:
                 old.shutdown(wait=False)
         return _pool
+
+
+def run_on_threads(work: Callable[[], None], threads: int) -> None:
+    """``work()`` on ``threads`` threads at once, the caller's included; their errors re-raised."""
+    if threads <= 1:
+        work()
+        return
+    pool = executor(threads - 1)
+    futures = [pool.submit(work) for _ in range(threads - 1)]
+    try:
+        work()
+    finally:
+        # Helpers still queued behind another caller's work have nothing left to do.
+        for f in futures:
+            f.cancel()
+        for f in futures:
+            if not f.cancelled():
+                f.result()

@@ -64,7 +64,7 @@ from ._numpy_pool import (
     THREAD_BYTES,
     ChunkSums,
     default_num_threads,
-    executor,
+    run_on_threads,
 )
 from ._numpy_rows import STORE_CHUNK, column_fold, row_sum, same_view, store, ufunc_bufsize
 
@@ -492,17 +492,4 @@ def _run_tasks(prob: _Problem) -> None:
             if old_bufsize is not None:
                 np.setbufsize(old_bufsize)  # per-thread state: leave it as found
 
-    if threads <= 1:
-        work()
-        return
-    pool = executor(threads - 1)
-    futures = [pool.submit(work) for _ in range(threads - 1)]
-    try:
-        work()
-    finally:
-        # Helpers still queued behind another caller's work have nothing left to do.
-        for f in futures:
-            f.cancel()
-        for f in futures:
-            if not f.cancelled():
-                f.result()
+    run_on_threads(work, threads)
