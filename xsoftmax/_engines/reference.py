@@ -65,6 +65,18 @@ def _col(v: Array) -> Array:
     return v[:, None] if v.ndim else v
 
 
+def _target_logits(xp: ArrayNamespace, z: Array, y: Array, hot: Array, backend: str) -> Array:
+    """``t_i = z_{i,y_i}``: gathered where the namespace can (one read of N values, not of N × C).
+
+    Ignored or (traced) bad labels are clipped into range: their rows are masked later.
+    Dask has no ``take_along_axis``; there the masked row sum gives the same values.
+    """
+    if backend == "dask" or not hasattr(xp, "take_along_axis"):
+        return xp.sum(xp.where(hot, z, scalar_like(xp, 0.0, z)), axis=1)
+    k = xp.clip(y, 0, z.shape[1] - 1) if z.shape[1] else y
+    return xp.take_along_axis(z, k[:, None], axis=1)[:, 0]
+
+
 def softmax_loss(inputs: LossInputs, /, *, out: Array | None = None) -> tuple[Array, Array]:
     r"""The generic engine: several array passes, readable rather than fast.
 
@@ -92,7 +104,6 @@ def softmax_loss(inputs: LossInputs, /, *, out: Array | None = None) -> tuple[Ar
     e = xp.exp(z)
     se = xp.sum(e, axis=1)
     l = xp.log(se)  # noqa: E741 (the l of the docstring)
-    p = e / se[:, None]
     zero = scalar_like(xp, 0.0, z)
     coef = row_coefficients(inputs._replace(weight=w), s.dtype)
     if is_probability(inputs):
@@ -109,7 +120,7 @@ def softmax_loss(inputs: LossInputs, /, *, out: Array | None = None) -> tuple[Ar
         if inputs.label_smoothing:
             u = xp.sum(z * w, axis=1) if w is not None else xp.sum(z, axis=1)
         hot = one_hot(xp, y, c)
-        rows = row_loss(xp, coef, l, xp.sum(xp.where(hot, z, zero), axis=1), u)
+        rows = row_loss(xp, coef, l, _target_logits(xp, z, y, hot, inputs.backend), u)
         pc = coef.c
         target = xp.where(hot, _col(coef.a), zero)
     zrows = None
@@ -117,7 +128,7 @@ def softmax_loss(inputs: LossInputs, /, *, out: Array | None = None) -> tuple[Ar
         lse = m[:, 0] + l
         zrows = z_rows(xp, coef, lse)
         pc = pc + coef.zc * lse
-    d = _col(pc) * p - target
+    d = e * _col(pc / se) - target  # p = e / σ: one factor per row, not a division per element
     if coef.b is not None:
         d = d - _col(coef.b) * (w if w is not None else scalar_like(xp, 1.0, z))
     if cap is not None:
